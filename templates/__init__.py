@@ -1,0 +1,1 @@
+"""Jinja templates for Slack and e-mail messages (shipped inside the wheel as bot.templates)."""

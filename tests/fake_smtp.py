@@ -1,0 +1,1 @@
+"""Local fake used by the tests (filled in by its owner)."""
