@@ -1,0 +1,89 @@
+"""Wires loaded configuration to the parts: the OpenRouter client, the history store, senders."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from bot.config import Config
+from bot.errors import ConfigError
+
+if TYPE_CHECKING:
+    import httpx
+
+    from bot.openrouter import OpenRouterClient
+    from bot.store import Store
+
+log = logging.getLogger(__name__)
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+@dataclass
+class App:
+    """One run's collaborators, created lazily; `now` is the clock everything below uses."""
+
+    config: Config
+    env: Mapping[str, str]
+    now: Callable[[], dt.datetime] = utcnow
+    transport: httpx.BaseTransport | None = None
+    openrouter_key: str | None = None
+    _store: Store | None = field(default=None, repr=False)
+
+    def client(self) -> OpenRouterClient:
+        from bot.openrouter import MANAGEMENT_KEYS_URL, OpenRouterClient
+
+        key = self.openrouter_key or self.config.openrouter.key
+        if not key:
+            raise ConfigError(
+                "no OpenRouter key: set OPENROUTER_MANAGEMENT_KEY (or OPENROUTER_API_KEY) in the "
+                f"environment or .env; create a management key at {MANAGEMENT_KEYS_URL}"
+            )
+        return OpenRouterClient(
+            key,
+            self.config.openrouter.base_url,
+            timeout=self.config.openrouter.timeout,
+            concurrency=self.config.openrouter.concurrency,
+            transport=self.transport,
+        )
+
+    def store(self) -> Store:
+        """The history database, created and migrated on first use."""
+        if self._store is None:
+            from bot.store import Store, connect
+
+            path = self.config.storage_path
+            log.debug("opening history database %s", path)
+            try:
+                self._store = Store(connect(path))
+            except OSError as exc:
+                raise ConfigError(f"storage.path: cannot open {path}: {exc}") from exc
+        return self._store
+
+    def existing_store(self) -> Store | None:
+        """The history database if it exists already (reports never create one)."""
+        if self._store is None and not Path(self.config.storage_path).exists():
+            return None
+        return self.store()
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.conn.close()
+            self._store = None
+
+    def secrets(self) -> list[str]:
+        """Every secret value this run knows, for redaction of output and logs."""
+        values: list[Any] = [
+            self.openrouter_key,
+            self.config.openrouter.key,
+            self.config.slack.token,
+            self.config.slack.webhook_url,
+            self.config.email.password,
+        ]
+        return [v for v in values if isinstance(v, str) and len(v) >= 6]

@@ -1,0 +1,237 @@
+"""Command-line parsing, logging set-up and exit codes; each command calls one pipeline."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+from bot import __version__
+from bot.errors import BotError, ConfigError
+
+if TYPE_CHECKING:
+    from bot.app import App
+
+log = logging.getLogger("bot")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="openrouter-usage",
+        description="Watch an OpenRouter account's spending: reports, digests and alerts.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--config", metavar="PATH", help="YAML config (default: "
+                        "$OPENROUTER_USAGE_CONFIG, else ./config.yaml if present)")
+    noise = parser.add_mutually_exclusive_group()
+    noise.add_argument("-v", "--verbose", action="store_true", help="debug logging, tracebacks")
+    noise.add_argument("-q", "--quiet", action="store_true", help="only errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    rep = sub.add_parser("report", help="spend by model, provider, date and key")
+    when = rep.add_mutually_exclusive_group()
+    when.add_argument("--date", metavar="D", help="one UTC day, YYYY-MM-DD")
+    when.add_argument("--days", metavar="N", type=int, help="the last N completed UTC days")
+    when.add_argument("--from", dest="start", metavar="D", help="first UTC day of a range")
+    rep.add_argument("--to", dest="end", metavar="D", help="last UTC day of a range")
+    fmt = rep.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="one JSON object")
+    fmt.add_argument("--csv", action="store_true", help="one CSV line per activity row")
+    rep.add_argument("--no-credits", action="store_true", help="skip the credits balance")
+    rep.add_argument("--by-key", action="store_true", help="also break spend down by API key")
+
+    send = sub.add_parser("send", help="build and deliver the daily digest or weekly report")
+    send.add_argument("job", choices=["daily", "weekly"])
+    send.add_argument("--date", metavar="D", help="the (last) UTC day to report on")
+    send.add_argument("--to", metavar="DEST", action="append", help="destination (repeatable)")
+    send.add_argument("--dry-run", action="store_true", help="print what would be sent")
+    send.add_argument("--force", action="store_true", help="send even if already sent")
+
+    alerts = sub.add_parser("alerts", help="evaluate alert rules once and deliver what changed")
+    alerts.add_argument("--dry-run", action="store_true", help="show, change no state")
+
+    sub.add_parser("sync", help="store credits, activity and keys in the local history")
+    sub.add_parser("run", help="the daemon: scheduled sync, digests, reports and alerts")
+    sub.add_parser("check", help="validate config and test each connection")
+    demo = sub.add_parser("demo", help="digest and report from bundled sample data")
+    demo.add_argument("--out", metavar="DIR", default="out", help="where to write the e-mail HTML")
+    return parser
+
+
+class _Redactor(logging.Filter):
+    """Replaces known secret values in every log record."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.secrets: list[str] = []
+
+    def redact(self, text: str) -> str:
+        for secret in self.secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.secrets:
+            record.msg = self.redact(record.getMessage())
+            record.args = None
+        return True
+
+
+REDACTOR = _Redactor()
+
+
+def setup_logging(verbose: bool, quiet: bool) -> None:
+    level = logging.DEBUG if verbose else logging.ERROR if quiet else logging.INFO
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(REDACTOR)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING)
+    logging.getLogger("bot").setLevel(level)
+    if verbose:
+        logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+def make_app(args: argparse.Namespace, *, need_config: bool) -> App:
+    from bot.app import App
+    from bot.config import find_config_path, load_config, load_env
+
+    env = load_env()
+    path = find_config_path(args.config, env)
+    if path is None and need_config:
+        raise ConfigError(
+            "no config file: pass --config PATH, set OPENROUTER_USAGE_CONFIG, or create "
+            "./config.yaml (see config.example.yaml)"
+        )
+    app = App(config=load_config(path, env), env=env)
+    REDACTOR.secrets = app.secrets()
+    return app
+
+
+def progress_bar(label: str, quiet: bool) -> Callable[[int, int], None] | None:
+    """A one-line progress bar on stderr, only when stderr is a terminal."""
+    if quiet or not sys.stderr.isatty():
+        return None
+
+    def show(done: int, total: int) -> None:
+        width = 30
+        filled = width * done // max(total, 1)
+        end = "\n" if done >= total else ""
+        sys.stderr.write(f"\r{label} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}{end}")
+        sys.stderr.flush()
+
+    return show
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from bot.output import format_text, missing_note, to_json, write_csv
+    from bot.report import gather_report, resolve_period
+
+    if args.end and not args.start:
+        raise ConfigError("--to needs --from")
+    app = make_app(args, need_config=False)
+    now = app.now()
+    period = resolve_period(now, date=args.date, days=args.days, start=args.start, end=args.end)
+    with app.client() as client:
+        report = gather_report(
+            client,
+            app.existing_store(),
+            period,
+            now=now,
+            with_credits=not args.no_credits,
+            with_keys=args.by_key,
+            progress=progress_bar("Fetching per-key activity", args.quiet),
+        )
+    if args.json:
+        sys.stdout.write(to_json(report) + "\n")
+    elif args.csv:
+        write_csv(report, sys.stdout)
+    else:
+        sys.stdout.write(format_text(report))
+    if report.missing_days and (args.json or args.csv) and not args.quiet:
+        print(missing_note(report), file=sys.stderr)
+    return 0
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    from bot.sync import run_sync
+
+    app = make_app(args, need_config=False)
+    with app.client() as client:
+        stats = run_sync(client, app.store(), now=app.now(),
+                         progress=progress_bar("Fetching per-key activity", args.quiet))
+    if not args.quiet:
+        print(stats.summary())
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from bot.demo_run import run_demo
+
+    return run_demo(out_dir=args.out, quiet=args.quiet)
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    from bot.send import send_command
+
+    return send_command(make_app(args, need_config=True), args)
+
+
+def cmd_alerts(args: argparse.Namespace) -> int:
+    from bot.alerts import alerts_command
+
+    return alerts_command(make_app(args, need_config=True), dry_run=args.dry_run)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from bot.scheduler import run_daemon
+
+    return run_daemon(make_app(args, need_config=True))
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from bot.check import run_check
+
+    return run_check(make_app(args, need_config=True))
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "report": cmd_report,
+    "sync": cmd_sync,
+    "demo": cmd_demo,
+    "send": cmd_send,
+    "alerts": cmd_alerts,
+    "run": cmd_run,
+    "check": cmd_check,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse: --help/--version exit 0, usage errors exit 2
+        return int(exc.code or 0)
+    setup_logging(args.verbose, args.quiet)
+    try:
+        return COMMANDS[args.command](args)
+    except BotError as exc:
+        if args.verbose:
+            log.debug("traceback", exc_info=True)
+        print(f"openrouter-usage: error: {REDACTOR.redact(str(exc))}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("openrouter-usage: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+    except Exception as exc:  # a bug: still one line unless -v
+        if args.verbose:
+            log.exception("unexpected error")
+        detail = REDACTOR.redact(f"{type(exc).__name__}: {exc}")
+        print(f"openrouter-usage: internal error: {detail} (run with -v for details)",
+              file=sys.stderr)
+        return 1

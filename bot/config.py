@@ -1,0 +1,476 @@
+"""Loads the YAML config and `.env`, interpolates ${VAR}, and validates it into dataclasses.
+
+Every problem is one ``ConfigError`` whose message starts with the key path, for example
+``alerts.rules[2].below_usd: expected a number``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bot.errors import ConfigError
+
+DEFAULT_BASE_URL = "https://openrouter.ai/api/v1"
+DEFAULT_SLACK_API = "https://slack.com/api/"
+WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+ALERT_KINDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    # kind: (thresholds of which at least one is required, optional extras)
+    "low_credits": (("below_usd", "below_percent"), ()),
+    "runway": (("below_days",), ()),
+    "daily_spend": (("above_usd",), ()),
+    "spike": (("factor",), ("min_usd",)),
+    "key_limit": (("below_percent",), ()),
+    "model_spend": (("above_usd",), ("model",)),
+}
+
+_DURATION = re.compile(r"^\s*(?:(\d+)d)?\s*(?:(\d+)h)?\s*(?:(\d+)m)?\s*(?:(\d+)s)?\s*$")
+_CLOCK = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)(?::([0-5]\d))?$")
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_EMAIL = re.compile(r"^[^@\s<>]+@[^@\s<>]+\.[^@\s<>]+$")
+
+
+@dataclass(frozen=True)
+class OpenRouterConfig:
+    key: str | None = None
+    base_url: str = DEFAULT_BASE_URL
+    timeout: float = 30.0
+    concurrency: int = 8
+
+
+@dataclass(frozen=True)
+class SlackConfig:
+    token: str | None = None
+    webhook_url: str | None = None
+    base_url: str = DEFAULT_SLACK_API
+    charts: bool = False
+
+
+@dataclass(frozen=True)
+class EmailConfig:
+    host: str | None = None
+    port: int | None = None
+    security: str = "starttls"
+    username: str | None = None
+    password: str | None = None
+    sender: str = ""
+    timeout: float = 30.0
+    ca_file: str | None = None
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    enabled: bool = True
+    at: dt.time = dt.time(9, 0)
+    day: str = "monday"
+    to: tuple[str, ...] = ()
+    top: int = 5
+    skip_if_empty: bool = False
+
+
+@dataclass(frozen=True)
+class AlertRule:
+    kind: str
+    index: int
+    name: str = ""
+    to: tuple[str, ...] = ()
+    below_usd: float | None = None
+    below_percent: float | None = None
+    below_days: float | None = None
+    above_usd: float | None = None
+    factor: float | None = None
+    min_usd: float = 0.0
+    model: str | None = None
+
+    @property
+    def id(self) -> str:
+        """Stable identity for alert state: the name if given, else kind and position."""
+        return self.name or f"{self.kind}#{self.index}"
+
+
+@dataclass(frozen=True)
+class AlertsConfig:
+    check_every: dt.timedelta = dt.timedelta(minutes=15)
+    repeat_every: dt.timedelta = dt.timedelta(hours=24)
+    hysteresis_percent: float = 5.0
+    to: tuple[str, ...] = ()
+    rules: tuple[AlertRule, ...] = ()
+
+
+@dataclass(frozen=True)
+class Config:
+    openrouter: OpenRouterConfig = field(default_factory=OpenRouterConfig)
+    timezone: str = "UTC"
+    storage_path: Path = field(default_factory=lambda: default_storage_path())
+    slack: SlackConfig = field(default_factory=SlackConfig)
+    email: EmailConfig = field(default_factory=EmailConfig)
+    daily: ReportConfig = field(default_factory=ReportConfig)
+    weekly: ReportConfig = field(default_factory=lambda: ReportConfig(top=10))
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)
+    sync_every: dt.timedelta = dt.timedelta(hours=1)
+    delivery_max_age: dt.timedelta = dt.timedelta(hours=24)
+    templates_dir: Path | None = None
+    source: Path | None = None
+
+
+def default_storage_path() -> Path:
+    """The history database under the user's state directory (XDG)."""
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state) / "openrouter-usage" / "history.db"
+
+
+# --- environment -------------------------------------------------------------------------
+
+
+def load_env(dotenv_path: str | os.PathLike[str] | None = None) -> dict[str, str]:
+    """The process environment over the values of `.env` (the environment wins)."""
+    path = Path(dotenv_path) if dotenv_path else Path.cwd() / ".env"
+    merged: dict[str, str] = {}
+    if path.is_file():
+        from dotenv import dotenv_values
+
+        merged.update({k: v for k, v in dotenv_values(path).items() if v is not None})
+    merged.update(os.environ)
+    return merged
+
+
+def openrouter_key(env: Mapping[str, str]) -> str | None:
+    """The management key: OPENROUTER_MANAGEMENT_KEY, else OPENROUTER_API_KEY."""
+    return env.get("OPENROUTER_MANAGEMENT_KEY") or env.get("OPENROUTER_API_KEY") or None
+
+
+# --- parsing helpers ------------------------------------------------------------------------
+
+
+def parse_duration(text: str, path: str = "duration") -> dt.timedelta:
+    """`30s`, `15m`, `1h`, `1d` (or combinations such as `1h30m`) as a timedelta."""
+    m = _DURATION.match(text) if isinstance(text, str) and text.strip() else None
+    if not m or not any(m.groups()):
+        raise ConfigError(f"{path}: expected a duration such as 30s, 15m, 1h or 1d, got {text!r}")
+    d, h, mi, s = (int(g) if g else 0 for g in m.groups())
+    value = dt.timedelta(days=d, hours=h, minutes=mi, seconds=s)
+    if value <= dt.timedelta(0):
+        raise ConfigError(f"{path}: must be longer than zero")
+    return value
+
+
+def parse_clock(text: Any, path: str) -> dt.time:
+    """`HH:MM` or `HH:MM:SS` as a time of day."""
+    m = _CLOCK.match(text) if isinstance(text, str) else None
+    if not m:
+        raise ConfigError(f"{path}: expected a time as HH:MM or HH:MM:SS, got {text!r}")
+    return dt.time(int(m.group(1)), int(m.group(2)), int(m.group(3) or 0))
+
+
+def validate_destination(dest: Any, path: str) -> str:
+    """`slack:#channel`, `slack:C0123ABC`, `slack:webhook`, `email:a@b.c` or `stdout`."""
+    if isinstance(dest, str):
+        kind, _, target = dest.partition(":")
+        if dest == "stdout":
+            return dest
+        if kind == "slack" and target and " " not in target:
+            return dest
+        if kind == "email" and _EMAIL.match(target):
+            return dest
+    raise ConfigError(
+        f"{path}: expected a destination such as slack:#channel, slack:C0123ABC, "
+        f"slack:webhook, email:someone@example.com or stdout, got {dest!r}"
+    )
+
+
+class _Section:
+    """Reads one mapping of the config, remembering which keys were used."""
+
+    def __init__(self, data: Any, path: str) -> None:
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path or 'config'}: expected a mapping")
+        self.data = data
+        self.path = path
+        self.used: set[str] = set()
+
+    def at(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
+    def get(self, key: str, conv: Callable[[Any, str], Any], default: Any = None) -> Any:
+        self.used.add(key)
+        if key not in self.data or self.data[key] is None:
+            return default
+        return conv(self.data[key], self.at(key))
+
+    def section(self, key: str) -> _Section:
+        self.used.add(key)
+        return _Section(self.data.get(key), self.at(key))
+
+    def finish(self) -> None:
+        unknown = sorted(str(k) for k in self.data if k not in self.used)
+        if unknown:
+            raise ConfigError(f"{self.at(unknown[0])}: unknown option")
+
+
+def _str(value: Any, path: str) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"{path}: expected a string")
+    return value
+
+
+def _bool(value: Any, path: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{path}: expected true or false")
+    return value
+
+
+def _number(value: Any, path: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{path}: expected a number")
+    if value < 0:
+        raise ConfigError(f"{path}: must not be negative")
+    return float(value)
+
+
+def _positive_int(value: Any, path: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{path}: expected a whole number of at least 1")
+    return value
+
+
+def _duration(value: Any, path: str) -> dt.timedelta:
+    return parse_duration(value, path)
+
+
+def _destinations(value: Any, path: str) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list):
+        raise ConfigError(f"{path}: expected a list of destinations")
+    return tuple(validate_destination(d, f"{path}[{i}]") for i, d in enumerate(value))
+
+
+def _choice(*options: str) -> Callable[[Any, str], str]:
+    def conv(value: Any, path: str) -> str:
+        if value not in options:
+            raise ConfigError(f"{path}: expected one of {', '.join(options)}, got {value!r}")
+        return str(value)
+
+    return conv
+
+
+def _timezone(value: Any, path: str) -> str:
+    import pytz
+
+    if not isinstance(value, str) or value not in pytz.all_timezones_set:
+        raise ConfigError(f"{path}: unknown time zone {value!r} (use an IANA name such as UTC)")
+    return value
+
+
+def _weekday(value: Any, path: str) -> str:
+    text = str(value).strip().lower() if isinstance(value, str) else ""
+    for day in WEEKDAYS:
+        if text in (day, day[:3]):
+            return day
+    raise ConfigError(f"{path}: expected a weekday such as monday, got {value!r}")
+
+
+def _clock(value: Any, path: str) -> dt.time:
+    return parse_clock(value, path)
+
+
+# --- interpolation ---------------------------------------------------------------------------
+
+
+def _interpolate(value: Any, env: Mapping[str, str], path: str) -> Any:
+    """Replace ${VAR} in every string of the loaded YAML; an unset variable is an error."""
+    if isinstance(value, dict):
+        return {k: _interpolate(v, env, f"{path}.{k}" if path else str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_interpolate(v, env, f"{path}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, str):
+
+        def sub(m: re.Match[str]) -> str:
+            if m.group(1) not in env:
+                raise ConfigError(f"{path}: environment variable {m.group(1)} is not set")
+            return env[m.group(1)]
+
+        return _VAR.sub(sub, value)
+    return value
+
+
+# --- loading ---------------------------------------------------------------------------------
+
+
+def find_config_path(explicit: str | None, env: Mapping[str, str]) -> Path | None:
+    """--config, else $OPENROUTER_USAGE_CONFIG, else ./config.yaml if present."""
+    if explicit:
+        return Path(explicit)
+    if env.get("OPENROUTER_USAGE_CONFIG"):
+        return Path(env["OPENROUTER_USAGE_CONFIG"])
+    default = Path("config.yaml")
+    return default if default.is_file() else None
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Config:
+    """Read and validate the config file at `path` (None: defaults only) against `env`."""
+    env = load_env() if env is None else env
+    data: Any = {}
+    source = Path(path) if path else None
+    if source is not None:
+        try:
+            text = source.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {source}: {exc.strerror or exc}") from exc
+        import yaml
+
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark is not None else ""
+            raise ConfigError(f"{source}: not valid YAML{where}") from exc
+    data = _interpolate(data, env, "")
+    return parse_config(data, env, source)
+
+
+def parse_config(data: Any, env: Mapping[str, str], source: Path | None = None) -> Config:
+    """Validate an already-loaded mapping into a Config."""
+    root = _Section(data, "")
+    base = root.section("openrouter")
+    openrouter = OpenRouterConfig(
+        key=openrouter_key(env),
+        base_url=(
+            env.get("OPENROUTER_BASE_URL")
+            or base.get("base_url", _str, DEFAULT_BASE_URL)
+        ).rstrip("/"),
+        timeout=base.get("timeout", _number, 30.0),
+        concurrency=base.get("concurrency", _positive_int, 8),
+    )
+    base.finish()
+
+    s = root.section("slack")
+    slack = SlackConfig(
+        token=s.get("token", _str) or None,
+        webhook_url=s.get("webhook_url", _str) or None,
+        base_url=s.get("base_url", _str, DEFAULT_SLACK_API),
+        charts=s.get("charts", _bool, False),
+    )
+    s.finish()
+
+    e = root.section("email")
+    email = EmailConfig(
+        host=e.get("host", _str),
+        port=e.get("port", _positive_int),
+        security=e.get("security", _choice("starttls", "ssl", "none"), "starttls"),
+        username=e.get("username", _str) or None,
+        password=e.get("password", _str) or None,
+        sender=e.get("from", _str, ""),
+        timeout=e.get("timeout", _number, 30.0),
+        ca_file=e.get("ca_file", _str),
+    )
+    e.finish()
+
+    storage = root.section("storage")
+    storage_path = storage.get("path", _str)
+    storage.finish()
+
+    reports = root.section("reports")
+    daily = _report(reports.section("daily"), weekly=False)
+    weekly = _report(reports.section("weekly"), weekly=True)
+    reports.finish()
+
+    alerts = _alerts(root.section("alerts"))
+    templates_dir = root.get("templates_dir", _str)
+    cfg = Config(
+        openrouter=openrouter,
+        timezone=root.get("timezone", _timezone, "UTC"),
+        storage_path=Path(storage_path).expanduser() if storage_path else default_storage_path(),
+        slack=slack,
+        email=email,
+        daily=daily,
+        weekly=weekly,
+        alerts=alerts,
+        sync_every=root.get("sync_every", _duration, dt.timedelta(hours=1)),
+        delivery_max_age=root.get("delivery_max_age", _duration, dt.timedelta(hours=24)),
+        templates_dir=Path(templates_dir).expanduser() if templates_dir else None,
+        source=source,
+    )
+    root.finish()
+    _check_destinations(cfg)
+    return cfg
+
+
+def _report(sec: _Section, *, weekly: bool) -> ReportConfig:
+    report = ReportConfig(
+        enabled=sec.get("enabled", _bool, True),
+        at=sec.get("at", _clock, dt.time(9, 0)),
+        day=sec.get("day", _weekday, "monday") if weekly else "monday",
+        to=sec.get("to", _destinations, ()),
+        top=sec.get("top", _positive_int, 10 if weekly else 5),
+        skip_if_empty=sec.get("skip_if_empty", _bool, False),
+    )
+    sec.finish()
+    return report
+
+
+def _alerts(sec: _Section) -> AlertsConfig:
+    check_every = sec.get("check_every", _duration, dt.timedelta(minutes=15))
+    repeat_every = sec.get("repeat_every", _duration, dt.timedelta(hours=24))
+    hysteresis = sec.get("hysteresis_percent", _number, 5.0)
+    to = sec.get("to", _destinations, ())
+    sec.used.add("rules")
+    raw_rules = sec.data.get("rules") or []
+    if not isinstance(raw_rules, list):
+        raise ConfigError(f"{sec.at('rules')}: expected a list of rules")
+    rules = tuple(_rule(r, i, f"{sec.at('rules')}[{i}]") for i, r in enumerate(raw_rules))
+    names = [r.id for r in rules]
+    for i, rid in enumerate(names):
+        if rid in names[:i]:
+            raise ConfigError(f"{sec.at('rules')}[{i}].name: duplicate rule name {rid!r}")
+    sec.finish()
+    return AlertsConfig(check_every, repeat_every, hysteresis, to, rules)
+
+
+def _rule(data: Any, index: int, path: str) -> AlertRule:
+    sec = _Section(data, path)
+    kind = sec.get("kind", _choice(*ALERT_KINDS), None)
+    if kind is None:
+        raise ConfigError(f"{path}.kind: required, one of {', '.join(ALERT_KINDS)}")
+    required, extras = ALERT_KINDS[kind]
+    values = {k: sec.get(k, _number) for k in required + tuple(x for x in extras if x != "model")}
+    if all(values[k] is None for k in required):
+        raise ConfigError(f"{path}: a {kind} rule needs {' or '.join(required)}")
+    rule = AlertRule(
+        kind=kind,
+        index=index,
+        name=sec.get("name", _str, ""),
+        to=sec.get("to", _destinations, ()),
+        model=sec.get("model", _str) if "model" in extras else None,
+        **{k: v for k, v in values.items() if v is not None},
+    )
+    sec.finish()
+    return rule
+
+
+def _check_destinations(cfg: Config) -> None:
+    """Destinations must have the transport they need configured."""
+    places = [
+        ("reports.daily.to", cfg.daily.to),
+        ("reports.weekly.to", cfg.weekly.to),
+        ("alerts.to", cfg.alerts.to),
+    ] + [(f"alerts.rules[{r.index}].to", r.to) for r in cfg.alerts.rules]
+    for path, dests in places:
+        for i, dest in enumerate(dests):
+            where = f"{path}[{i}]"
+            if dest == "slack:webhook" and not cfg.slack.webhook_url:
+                raise ConfigError(f"{where}: slack:webhook needs slack.webhook_url")
+            if dest.startswith("slack:") and dest != "slack:webhook" and not cfg.slack.token:
+                raise ConfigError(f"{where}: {dest} needs slack.token (a bot token)")
+            if dest.startswith("email:") and not (cfg.email.host and cfg.email.sender):
+                raise ConfigError(f"{where}: e-mail destinations need email.host and email.from")

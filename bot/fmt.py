@@ -1,0 +1,69 @@
+"""Display formatting of money, changes, tokens and days (the only place figures are rounded)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import ROUND_HALF_UP, Decimal
+
+CENT = Decimal("0.01")
+
+
+def money(value: Decimal | float | int | None) -> str:
+    """`$1,234.56`; a non-zero amount under a cent is `<$0.01` (or `-<$0.01`)."""
+    if value is None:
+        return "n/a"
+    amount = Decimal(str(value)) if not isinstance(value, Decimal) else value
+    if amount != 0 and abs(amount) < CENT:
+        return "<$0.01" if amount > 0 else "-<$0.01"
+    rounded = amount.quantize(CENT, rounding=ROUND_HALF_UP)
+    sign = "-" if rounded < 0 else ""
+    return f"{sign}${abs(rounded):,.2f}"
+
+
+def change(value: Decimal | None, *, new: bool = False) -> str:
+    """`+12.3%` / `-4.0%`; `new` when there was nothing before; `0.0%` for no change."""
+    if value is None:
+        return "new" if new else "n/a"
+    pct = (value * 100).quantize(Decimal("0.1"), rounding=ROUND_HALF_UP)
+    if pct == 0:
+        return "0.0%"
+    return f"{'+' if pct > 0 else ''}{pct}%"
+
+
+def delta_label(current: Decimal, previous: Decimal) -> str:
+    """The change from previous to current as shown in messages."""
+    if previous == 0:
+        return "new" if current > 0 else "0.0%"
+    return change((current - previous) / previous)
+
+
+def count(value: int) -> str:
+    """Whole numbers with thousands separators."""
+    return f"{value:,}"
+
+
+def days_label(value: Decimal | None) -> str:
+    """Runway in days: `12.5 days`, `>365 days`, `n/a` when nothing is being spent."""
+    if value is None:
+        return "n/a"
+    if value > 365:
+        return ">365 days"
+    return f"{value.quantize(Decimal('0.1'), rounding=ROUND_HALF_UP)} days"
+
+
+def day(value: dt.date) -> str:
+    """`Tue 2026-11-24`."""
+    return f"{value:%a} {value.isoformat()}"
+
+
+def as_of(value: dt.datetime) -> str:
+    """`2026-11-25 09:30 UTC`."""
+    return value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def bar(value: Decimal, peak: Decimal, width: int = 30) -> str:
+    """A text bar proportional to value/peak (at least one block for any non-zero value)."""
+    if peak <= 0 or value <= 0:
+        return ""
+    blocks = int((value / peak * width).to_integral_value(rounding=ROUND_HALF_UP))
+    return "█" * max(blocks, 1)

@@ -1,0 +1,130 @@
+"""Config loading: interpolation, validation messages naming the key path, defaults."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+
+from bot.config import load_config, parse_duration
+from bot.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_example_config_is_valid() -> None:
+    env = {"SLACK_BOT_TOKEN": "xoxb-1", "SMTP_PASSWORD": "pw", "OPENROUTER_API_KEY": "k" * 10}
+    cfg = load_config(ROOT / "config.example.yaml", env)
+    assert cfg.timezone == "Europe/Berlin"
+    assert cfg.slack.token == "xoxb-1"
+    assert cfg.email.password == "pw"
+    assert cfg.daily.at == dt.time(9, 0)
+    assert cfg.weekly.day == "monday"
+    assert cfg.weekly.to == ("email:finance@example.com", "email:eng-leads@example.com")
+    assert [r.kind for r in cfg.alerts.rules] == [
+        "low_credits", "runway", "daily_spend", "spike", "key_limit", "model_spend"]
+    assert cfg.alerts.rules[0].below_usd == 50.0
+    assert cfg.alerts.rules[5].id == "expensive-model"
+    assert cfg.alerts.rules[1].id == "runway#1"
+    assert cfg.alerts.check_every == dt.timedelta(minutes=15)
+    assert cfg.openrouter.key == "k" * 10
+
+
+def test_no_file_gives_defaults() -> None:
+    cfg = load_config(None, {})
+    assert cfg.openrouter.base_url == "https://openrouter.ai/api/v1"
+    assert cfg.openrouter.key is None
+    assert cfg.sync_every == dt.timedelta(hours=1)
+    assert cfg.daily.top == 5 and cfg.weekly.top == 10
+
+
+def test_management_key_preferred_and_base_url_from_env() -> None:
+    env = {
+        "OPENROUTER_MANAGEMENT_KEY": "mgmt-key-1",
+        "OPENROUTER_API_KEY": "plain-key-2",
+        "OPENROUTER_BASE_URL": "http://127.0.0.1:9/api/v1/",
+    }
+    cfg = load_config(None, env)
+    assert cfg.openrouter.key == "mgmt-key-1"
+    assert cfg.openrouter.base_url == "http://127.0.0.1:9/api/v1"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("alerts:\n  rules:\n    - kind: low_credits\n    - kind: runway\n      below_days: 3\n"
+         "    - kind: low_credits\n      below_usd: lots\n",
+         "alerts.rules[0]: a low_credits rule needs below_usd or below_percent"),
+        ("alerts:\n  rules:\n    - {kind: runway, below_days: 3}\n    - {kind: runway, below_days: 1}\n"
+         "    - {kind: low_credits, below_usd: lots}\n",
+         "alerts.rules[2].below_usd: expected a number"),
+        ("alerts:\n  rules:\n    - {kind: sideways}\n", "alerts.rules[0].kind: expected one of"),
+        ("slack:\n  tokn: x\n", "slack.tokn: unknown option"),
+        ("colour: blue\n", "colour: unknown option"),
+        ("reports:\n  daily:\n    at: '25:00'\n", "reports.daily.at: expected a time"),
+        ("reports:\n  weekly:\n    day: someday\n", "reports.weekly.day: expected a weekday"),
+        ("reports:\n  daily:\n    top: 0\n", "reports.daily.top: expected a whole number"),
+        ("reports:\n  daily:\n    to: ['slack #x']\n", "reports.daily.to[0]: expected a destination"),
+        ("reports:\n  daily:\n    to: ['slack:#x']\n", "reports.daily.to[0]: slack:#x needs slack.token"),
+        ("reports:\n  daily:\n    to: ['email:a@b.co']\n", "e-mail destinations need email.host"),
+        ("sync_every: often\n", "sync_every: expected a duration"),
+        ("timezone: Mars/Olympus\n", "timezone: unknown time zone"),
+        ("email:\n  security: tls\n", "email.security: expected one of starttls, ssl, none"),
+        ("slack:\n  token: ${NOPE_NOT_SET}\n", "slack.token: environment variable NOPE_NOT_SET"),
+        ("- a list\n", "config: expected a mapping"),
+        ("openrouter: [\n", "not valid YAML at line"),
+    ],
+)
+def test_errors_name_the_key_path(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, text), {})
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_interpolation_and_destinations(tmp_path: Path) -> None:
+    text = (
+        "slack:\n  token: ${TOK}\n  webhook_url: ${HOOK}\n"
+        "reports:\n  daily:\n    to: [slack:#ops, slack:C0123ABC, slack:webhook, stdout]\n"
+    )
+    cfg = load_config(write(tmp_path, text), {"TOK": "xoxb-abc", "HOOK": "http://h/x"})
+    assert cfg.slack.webhook_url == "http://h/x"
+    assert cfg.daily.to == ("slack:#ops", "slack:C0123ABC", "slack:webhook", "stdout")
+
+
+def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_config(tmp_path / "nope.yaml", {})
+
+
+def test_dotenv_is_read_and_environment_wins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from bot.config import load_env
+
+    (tmp_path / ".env").write_text("OPENROUTER_API_KEY=from-dotenv\nONLY_IN_DOTENV=1\n")
+    monkeypatch.setenv("OPENROUTER_API_KEY", "from-env")
+    env = load_env(tmp_path / ".env")
+    assert env["OPENROUTER_API_KEY"] == "from-env"
+    assert env["ONLY_IN_DOTENV"] == "1"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("30s", dt.timedelta(seconds=30)), ("15m", dt.timedelta(minutes=15)),
+     ("1h", dt.timedelta(hours=1)), ("1d", dt.timedelta(days=1)),
+     ("1h30m", dt.timedelta(minutes=90))],
+)
+def test_durations(text: str, expected: dt.timedelta) -> None:
+    assert parse_duration(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "0s", "5", "1w", "m"])
+def test_bad_durations(text: str) -> None:
+    with pytest.raises(ConfigError):
+        parse_duration(text, "x")
