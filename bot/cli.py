@@ -23,8 +23,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Watch an OpenRouter account's spending: reports, digests and alerts.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument("--config", metavar="PATH", help="YAML config (default: "
-                        "$OPENROUTER_USAGE_CONFIG, else ./config.yaml if present)")
+    parser.add_argument(
+        "--config",
+        metavar="PATH",
+        help="YAML config (default: $OPENROUTER_USAGE_CONFIG, else ./config.yaml if present)",
+    )
     noise = parser.add_mutually_exclusive_group()
     noise.add_argument("-v", "--verbose", action="store_true", help="debug logging, tracebacks")
     noise.add_argument("-q", "--quiet", action="store_true", help="only errors")
@@ -161,8 +164,12 @@ def cmd_sync(args: argparse.Namespace) -> int:
 
     app = make_app(args, need_config=False)
     with app.client() as client:
-        stats = run_sync(client, app.store(), now=app.now(),
-                         progress=progress_bar("Fetching per-key activity", args.quiet))
+        stats = run_sync(
+            client,
+            app.store(),
+            now=app.now(),
+            progress=progress_bar("Fetching per-key activity", args.quiet),
+        )
     if not args.quiet:
         print(stats.summary())
     return 0
@@ -232,6 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.verbose:
             log.exception("unexpected error")
         detail = REDACTOR.redact(f"{type(exc).__name__}: {exc}")
-        print(f"openrouter-usage: internal error: {detail} (run with -v for details)",
-              file=sys.stderr)
+        print(
+            f"openrouter-usage: internal error: {detail} (run with -v for details)", file=sys.stderr
+        )
         return 1

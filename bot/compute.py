@@ -79,7 +79,9 @@ def group_by(rows: Iterable[ActivityRow], key: Callable[[ActivityRow], str]) -> 
 
 def ranked(groups: dict[str, Figures]) -> list[Group]:
     """Groups by cost, largest first; ties broken by name so output is stable."""
-    return [Group(name, fig) for name, fig in sorted(groups.items(), key=lambda g: (-g[1].cost, g[0]))]
+    return [
+        Group(name, fig) for name, fig in sorted(groups.items(), key=lambda g: (-g[1].cost, g[0]))
+    ]
 
 
 def by_model(rows: Iterable[ActivityRow]) -> list[Group]:
@@ -103,9 +105,7 @@ def by_date(rows: Iterable[ActivityRow], start: dt.date, end: dt.date) -> list[G
 
 def by_key(key_rows: dict[str, list[ActivityRow]], names: dict[str, str]) -> list[Group]:
     """Per-key totals ranked by cost; `names` maps hash to a display name."""
-    groups = [
-        Group(names.get(h, h[:12]), totals(rows), ref=h) for h, rows in key_rows.items()
-    ]
+    groups = [Group(names.get(h, h[:12]), totals(rows), ref=h) for h, rows in key_rows.items()]
     return sorted(groups, key=lambda g: (-g.figures.cost, g.name, g.ref))
 
 
@@ -127,7 +127,9 @@ def runway_days(remaining: Decimal, daily_usage: Decimal) -> Decimal | None:
     return max(remaining, ZERO) / daily_usage
 
 
-def latest_complete_day(now: dt.datetime, settle: dt.timedelta = dt.timedelta(minutes=30)) -> dt.date:
+def latest_complete_day(
+    now: dt.datetime, settle: dt.timedelta = dt.timedelta(minutes=30)
+) -> dt.date:
     """The latest UTC day whose data is complete: ended at least `settle` before `now`."""
     return (now.astimezone(dt.UTC) - settle).date() - DAY
 

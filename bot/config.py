@@ -287,7 +287,9 @@ def _clock(value: Any, path: str) -> dt.time:
 def _interpolate(value: Any, env: Mapping[str, str], path: str) -> Any:
     """Replace ${VAR} in every string of the loaded YAML; an unset variable is an error."""
     if isinstance(value, dict):
-        return {k: _interpolate(v, env, f"{path}.{k}" if path else str(k)) for k, v in value.items()}
+        return {
+            k: _interpolate(v, env, f"{path}.{k}" if path else str(k)) for k, v in value.items()
+        }
     if isinstance(value, list):
         return [_interpolate(v, env, f"{path}[{i}]") for i, v in enumerate(value)]
     if isinstance(value, str):
@@ -346,8 +348,7 @@ def parse_config(data: Any, env: Mapping[str, str], source: Path | None = None) 
     openrouter = OpenRouterConfig(
         key=openrouter_key(env),
         base_url=(
-            env.get("OPENROUTER_BASE_URL")
-            or base.get("base_url", _str, DEFAULT_BASE_URL)
+            env.get("OPENROUTER_BASE_URL") or base.get("base_url", _str, DEFAULT_BASE_URL)
         ).rstrip("/"),
         timeout=base.get("timeout", _number, 30.0),
         concurrency=base.get("concurrency", _positive_int, 8),

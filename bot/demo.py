@@ -53,6 +53,7 @@ def sample_org(last_day: dt.date, days: int = 45) -> dict[str, Any]:
     """The sample org's raw API payloads: credits, per-key activity, org activity and keys."""
     rng = random.Random(20261125)
     key_rows: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    row: dict[str, Any]
     keys: list[dict[str, Any]] = []
     for index, (name, disabled, limit, model_ids, scale, byok) in enumerate(KEYS):
         key_hash = f"{index:02d}" + "a1b2c3d4e5f6" * 5
@@ -159,9 +160,18 @@ def demo_transport(today: dt.date) -> httpx.MockTransport:
             return httpx.Response(404, json={"error": {"code": 404, "message": "not found"}})
         # Money goes out as JSON numbers written from exact decimal strings.
         text = json.dumps({"data": body})
-        for field in ("usage", "byok_usage_inference", "total_credits", "total_usage", "limit",
-                      "limit_remaining", "usage_daily", "usage_weekly", "usage_monthly",
-                      "byok_usage"):
+        for field in (
+            "usage",
+            "byok_usage_inference",
+            "total_credits",
+            "total_usage",
+            "limit",
+            "limit_remaining",
+            "usage_daily",
+            "usage_weekly",
+            "usage_monthly",
+            "byok_usage",
+        ):
             text = _unquote_numbers(text, field)
         return httpx.Response(200, text=text, headers={"content-type": "application/json"})
 

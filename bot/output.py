@@ -9,6 +9,7 @@ from typing import IO, Any
 
 from bot import fmt
 from bot.compute import Group
+from bot.models import ZERO
 from bot.report import UsageReport
 
 CSV_FIELDS = (
@@ -112,7 +113,8 @@ def _table(title: str, groups: list[Group], show_byok: bool, tokens: bool) -> li
     width = min(max(len(g.name) for g in groups), 48)
     for g in groups:
         f = g.figures
-        line = f"  {g.name[:48]:<{width}}  {_cost_cell(g, show_byok):>12}  {fmt.count(f.requests):>9} req"
+        cost = _cost_cell(g, show_byok)
+        line = f"  {g.name[:48]:<{width}}  {cost:>12}  {fmt.count(f.requests):>9} req"
         if tokens:
             line += (
                 f"  {fmt.count(f.prompt_tokens):>13} in  {fmt.count(f.completion_tokens):>11} out"
@@ -152,7 +154,7 @@ def format_text(report: UsageReport) -> str:
     lines += _table("Spend by model", report.by_model, show_byok, tokens=True)
     lines += _table("Spend by provider", report.by_provider, show_byok, tokens=False)
     lines += ["", "Spend by date (UTC)", "-------------------"]
-    peak = max((g.figures.cost for g in report.by_date), default=0)
+    peak = max((g.figures.cost for g in report.by_date), default=ZERO)
     missing = {d.isoformat() for d in report.missing_days}
     for g in report.by_date:
         cost = "no data" if g.name in missing else fmt.money(g.figures.cost)

@@ -71,9 +71,7 @@ def resolve_period(
     else:
         period = Period(window_start, last_day)
     if period.end > last_day:
-        raise ConfigError(
-            f"{period.end} is not a completed UTC day yet; the latest is {last_day}"
-        )
+        raise ConfigError(f"{period.end} is not a completed UTC day yet; the latest is {last_day}")
     return period
 
 

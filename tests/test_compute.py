@@ -36,22 +36,37 @@ def test_ranked_by_cost_then_name() -> None:
     ]
     groups = compute.by_model(rows)
     assert [(g.name, g.figures.cost) for g in groups] == [
-        ("c", D("2.5")), ("a", D("1.25")), ("b", D("1"))]
+        ("c", D("2.5")),
+        ("a", D("1.25")),
+        ("b", D("1")),
+    ]
 
 
 def test_by_date_fills_empty_days_in_order() -> None:
-    rows = [row("2026-11-03", usage="2"), row("2026-11-01", usage="1"), row("2026-11-03", usage="3")]
+    rows = [
+        row("2026-11-03", usage="2"),
+        row("2026-11-01", usage="1"),
+        row("2026-11-03", usage="3"),
+    ]
     series = compute.by_date(rows, dt.date(2026, 11, 1), dt.date(2026, 11, 4))
     assert [(g.name, g.figures.cost) for g in series] == [
-        ("2026-11-01", D(1)), ("2026-11-02", D(0)), ("2026-11-03", D(5)), ("2026-11-04", D(0))]
+        ("2026-11-01", D(1)),
+        ("2026-11-02", D(0)),
+        ("2026-11-03", D(5)),
+        ("2026-11-04", D(0)),
+    ]
 
 
 def test_by_key_uses_names_and_falls_back_to_hash() -> None:
-    key_rows = {"aaaa1111bbbb2222": [row("2026-11-01", usage="3")],
-                "cccc3333dddd4444": [row("2026-11-01", usage="1", byok="4")]}
+    key_rows = {
+        "aaaa1111bbbb2222": [row("2026-11-01", usage="3")],
+        "cccc3333dddd4444": [row("2026-11-01", usage="1", byok="4")],
+    }
     groups = compute.by_key(key_rows, {"aaaa1111bbbb2222": "prod"})
     assert [(g.name, g.ref, g.figures.cost) for g in groups] == [
-        ("cccc3333dddd", "cccc3333dddd4444", D(5)), ("prod", "aaaa1111bbbb2222", D(3))]
+        ("cccc3333dddd", "cccc3333dddd4444", D(5)),
+        ("prod", "aaaa1111bbbb2222", D(3)),
+    ]
 
 
 def test_change_and_runway() -> None:
@@ -76,9 +91,17 @@ def test_api_window_is_thirty_completed_days() -> None:
 
 @pytest.mark.parametrize(
     ("value", "text"),
-    [(D("1234.5"), "$1,234.50"), (D("0.004"), "<$0.01"), (D("0.005"), "<$0.01"), (D("0.015"), "$0.02"),
-     (D(0), "$0.00"), (D("-3.456"), "-$3.46"), (D("-0.001"), "-<$0.01"),
-     (D("1000000"), "$1,000,000.00"), (None, "n/a")],
+    [
+        (D("1234.5"), "$1,234.50"),
+        (D("0.004"), "<$0.01"),
+        (D("0.005"), "<$0.01"),
+        (D("0.015"), "$0.02"),
+        (D(0), "$0.00"),
+        (D("-3.456"), "-$3.46"),
+        (D("-0.001"), "-<$0.01"),
+        (D("1000000"), "$1,000,000.00"),
+        (None, "n/a"),
+    ],
 )
 def test_money(value: Decimal | None, text: str) -> None:
     assert fmt.money(value) == text
@@ -86,8 +109,14 @@ def test_money(value: Decimal | None, text: str) -> None:
 
 @pytest.mark.parametrize(
     ("current", "previous", "text"),
-    [(D("112.3"), D(100), "+12.3%"), (D(96), D(100), "-4.0%"), (D(5), D(0), "new"),
-     (D(0), D(0), "0.0%"), (D(100), D(100), "0.0%"), (D(0), D(10), "-100.0%")],
+    [
+        (D("112.3"), D(100), "+12.3%"),
+        (D(96), D(100), "-4.0%"),
+        (D(5), D(0), "new"),
+        (D(0), D(0), "0.0%"),
+        (D(100), D(100), "0.0%"),
+        (D(0), D(10), "-100.0%"),
+    ],
 )
 def test_delta_label(current: Decimal, previous: Decimal, text: str) -> None:
     assert fmt.delta_label(current, previous) == text

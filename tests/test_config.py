@@ -29,7 +29,13 @@ def test_example_config_is_valid() -> None:
     assert cfg.weekly.day == "monday"
     assert cfg.weekly.to == ("email:finance@example.com", "email:eng-leads@example.com")
     assert [r.kind for r in cfg.alerts.rules] == [
-        "low_credits", "runway", "daily_spend", "spike", "key_limit", "model_spend"]
+        "low_credits",
+        "runway",
+        "daily_spend",
+        "spike",
+        "key_limit",
+        "model_spend",
+    ]
     assert cfg.alerts.rules[0].below_usd == 50.0
     assert cfg.alerts.rules[5].id == "expensive-model"
     assert cfg.alerts.rules[1].id == "runway#1"
@@ -59,20 +65,31 @@ def test_management_key_preferred_and_base_url_from_env() -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("alerts:\n  rules:\n    - kind: low_credits\n    - kind: runway\n      below_days: 3\n"
-         "    - kind: low_credits\n      below_usd: lots\n",
-         "alerts.rules[0]: a low_credits rule needs below_usd or below_percent"),
-        ("alerts:\n  rules:\n    - {kind: runway, below_days: 3}\n    - {kind: runway, below_days: 1}\n"
-         "    - {kind: low_credits, below_usd: lots}\n",
-         "alerts.rules[2].below_usd: expected a number"),
+        (
+            "alerts:\n  rules:\n    - kind: low_credits\n    - kind: runway\n      below_days: 3\n"
+            "    - kind: low_credits\n      below_usd: lots\n",
+            "alerts.rules[0]: a low_credits rule needs below_usd or below_percent",
+        ),
+        (
+            "alerts:\n  rules:\n    - {kind: runway, below_days: 3}\n"
+            "    - {kind: runway, below_days: 1}\n"
+            "    - {kind: low_credits, below_usd: lots}\n",
+            "alerts.rules[2].below_usd: expected a number",
+        ),
         ("alerts:\n  rules:\n    - {kind: sideways}\n", "alerts.rules[0].kind: expected one of"),
         ("slack:\n  tokn: x\n", "slack.tokn: unknown option"),
         ("colour: blue\n", "colour: unknown option"),
         ("reports:\n  daily:\n    at: '25:00'\n", "reports.daily.at: expected a time"),
         ("reports:\n  weekly:\n    day: someday\n", "reports.weekly.day: expected a weekday"),
         ("reports:\n  daily:\n    top: 0\n", "reports.daily.top: expected a whole number"),
-        ("reports:\n  daily:\n    to: ['slack #x']\n", "reports.daily.to[0]: expected a destination"),
-        ("reports:\n  daily:\n    to: ['slack:#x']\n", "reports.daily.to[0]: slack:#x needs slack.token"),
+        (
+            "reports:\n  daily:\n    to: ['slack #x']\n",
+            "reports.daily.to[0]: expected a destination",
+        ),
+        (
+            "reports:\n  daily:\n    to: ['slack:#x']\n",
+            "reports.daily.to[0]: slack:#x needs slack.token",
+        ),
         ("reports:\n  daily:\n    to: ['email:a@b.co']\n", "e-mail destinations need email.host"),
         ("sync_every: often\n", "sync_every: expected a duration"),
         ("timezone: Mars/Olympus\n", "timezone: unknown time zone"),
@@ -104,7 +121,9 @@ def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
         load_config(tmp_path / "nope.yaml", {})
 
 
-def test_dotenv_is_read_and_environment_wins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_dotenv_is_read_and_environment_wins(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from bot.config import load_env
 
     (tmp_path / ".env").write_text("OPENROUTER_API_KEY=from-dotenv\nONLY_IN_DOTENV=1\n")
@@ -116,9 +135,13 @@ def test_dotenv_is_read_and_environment_wins(tmp_path: Path, monkeypatch: pytest
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("30s", dt.timedelta(seconds=30)), ("15m", dt.timedelta(minutes=15)),
-     ("1h", dt.timedelta(hours=1)), ("1d", dt.timedelta(days=1)),
-     ("1h30m", dt.timedelta(minutes=90))],
+    [
+        ("30s", dt.timedelta(seconds=30)),
+        ("15m", dt.timedelta(minutes=15)),
+        ("1h", dt.timedelta(hours=1)),
+        ("1d", dt.timedelta(days=1)),
+        ("1h30m", dt.timedelta(minutes=90)),
+    ],
 )
 def test_durations(text: str, expected: dt.timedelta) -> None:
     assert parse_duration(text) == expected
