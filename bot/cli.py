@@ -151,7 +151,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.json:
         sys.stdout.write(to_json(report) + "\n")
     elif args.csv:
-        write_csv(report, sys.stdout)
+        write_csv(report.rows, sys.stdout)
     else:
         sys.stdout.write(format_text(report))
     if report.missing_days and (args.json or args.csv) and not args.quiet:

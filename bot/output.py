@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Iterable
 from decimal import Decimal
 from typing import IO, Any
 
 from bot import fmt
 from bot.compute import Group
-from bot.models import ZERO
+from bot.models import ZERO, ActivityRow
 from bot.report import UsageReport
 
 CSV_FIELDS = (
@@ -76,11 +77,11 @@ def to_json(report: UsageReport) -> str:
     return json.dumps(_plain(doc), indent=2, ensure_ascii=False)
 
 
-def write_csv(report: UsageReport, out: IO[str]) -> None:
+def write_csv(rows: Iterable[ActivityRow], out: IO[str]) -> None:
     """One line per activity row, quoted by the csv module."""
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(CSV_FIELDS)
-    for r in report.rows:
+    for r in rows:
         writer.writerow(
             [
                 r.date.isoformat(),
