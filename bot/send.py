@@ -194,5 +194,5 @@ def send_command(app: App, args: argparse.Namespace) -> int:
     outcomes = retried + deliver(app, built, destinations, force=args.force, dry_run=args.dry_run)
     if not args.dry_run:
         for o in outcomes:
-            print(f"{job} {built.period}: {o.line()}")
+            print(f"{job} {o.period or built.period}: {o.line()}")
     return 0 if all(o.ok for o in outcomes) else 1

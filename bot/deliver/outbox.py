@@ -41,6 +41,8 @@ class Outcome:
     status: str
     detail: str = ""
     ref: str = ""
+    job: str = ""
+    period: str = ""
 
     @property
     def ok(self) -> bool:
@@ -221,7 +223,8 @@ class Outbox:
             self.store.outbox_give_up(delivery.id, now, reason)
             log.warning("gave up on %s %s to %s: %s", delivery.job, delivery.period,
                         delivery.destination, reason)
-            return Outcome(delivery.destination, "given up", reason)
+            return Outcome(delivery.destination, "given up", reason, "", delivery.job,
+                           delivery.period)
         msg, options = decode(delivery.payload)
         msg_id = None
         if delivery.destination.startswith("email:"):
@@ -234,10 +237,11 @@ class Outbox:
             self.store.outbox_failed(delivery.id, now, str(exc))
             log.warning("delivery of %s %s to %s failed (will retry): %s", delivery.job,
                         delivery.period, delivery.destination, exc)
-            return Outcome(delivery.destination, "failed", str(exc))
+            return Outcome(delivery.destination, "failed", str(exc), "", delivery.job,
+                           delivery.period)
         self.store.outbox_sent(delivery.id, now, ref)
         log.info("delivered %s %s to %s", delivery.job, delivery.period, delivery.destination)
-        return Outcome(delivery.destination, "sent", ref=ref)
+        return Outcome(delivery.destination, "sent", "", ref, delivery.job, delivery.period)
 
     def flush(self, now: dt.datetime, *, jobs: tuple[str, ...] | None = None) -> list[Outcome]:
         """Retry every delivery left pending (or mid-send by a crash), oldest first."""

@@ -1,0 +1,199 @@
+"""The `alerts` pipeline: fetch, evaluate every rule, step each alert, deliver what changed.
+
+Order of writes, so a crash loses no alert: the notification goes into the outbox first,
+then the alert's new state is saved. Slack repeats and the resolution go into the thread of
+the first message (the resolution is also broadcast to the channel).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import sys
+from dataclasses import dataclass, replace
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+from bot import compute
+from bot.alert_rules import Inputs, Observation, State, evaluate, step
+from bot.compute import DAY
+from bot.config import AlertRule
+from bot.deliver.outbox import Outbox, Outcome, Transports
+from bot.errors import ConfigError
+
+if TYPE_CHECKING:
+    from bot.app import App
+    from bot.render import Renderer
+    from bot.store import Store
+
+log = logging.getLogger(__name__)
+
+JOB = "alert"
+
+
+@dataclass(frozen=True)
+class Event:
+    """A notification due for one alert."""
+
+    action: str  # fire | repeat | resolve
+    obs: Observation
+    state: State
+
+
+def _to_state(s: Any) -> State:
+    return State(s.rule_id, s.subject, s.status, s.value, s.since, s.last_notified_at,
+                 dict(s.threads or {}))
+
+
+def _save(store: Store, state: State, now: dt.datetime) -> None:
+    from bot.store import AlertState
+
+    store.alert_put(AlertState(
+        rule_id=state.rule_id, subject=state.subject, status=state.status, value=state.value,
+        since=state.since, last_notified_at=state.last_notified_at, threads=state.threads,
+        updated_at=now,
+    ))
+
+
+def gone(rule: AlertRule, state: State) -> Observation:
+    """A firing subject that is no longer observed (model unused, key removed) has cleared."""
+    return Observation(rule, state.subject, state.subject, "no longer observed", "", False, True,
+                       "Condition no longer observed", "Nothing to do.")
+
+
+def plan(
+    rules: tuple[AlertRule, ...],
+    data: Inputs,
+    states: dict[tuple[str, str], State],
+    *,
+    now: dt.datetime,
+    repeat_every: dt.timedelta,
+    margin: Decimal,
+) -> tuple[list[Event], list[State]]:
+    """Pure: the notifications due now and every alert's next state."""
+    events: list[Event] = []
+    next_states: list[State] = []
+    for rule in rules:
+        observed = {o.subject: o for o in evaluate(rule, data, margin)}
+        for (rule_id, subject), st in states.items():
+            if rule_id == rule.id and subject not in observed and st.status == "firing":
+                observed[subject] = gone(rule, st)
+        for subject, obs in observed.items():
+            before = states.get((rule.id, subject))
+            after, action = step(before, obs, now, repeat_every)
+            if after is None:
+                continue
+            if action:
+                events.append(Event(action, obs, after))
+            if after != before:
+                next_states.append(after)
+    return events, next_states
+
+
+def gather_inputs(app: App, now: dt.datetime) -> Inputs:
+    """Fetch credits, keys and activity once (and keep them in history)."""
+    with app.client() as client:
+        snap = client.snapshot(now=now, credits=True, keys=True, per_key=False)
+    store = app.store()
+    store.save_snapshot(snap)
+    day = compute.latest_complete_day(now)
+    rows = store.activity(day - DAY * 7, day, "")
+    return Inputs(as_of=now, day=day, credits=snap.credits, keys=snap.keys, rows=rows)
+
+
+def destinations(app: App, rule: AlertRule) -> list[str]:
+    dests = list(rule.to or app.config.alerts.to)
+    if not dests:
+        raise ConfigError(f"alerts.rules[{rule.index}].to: no destinations (set alerts.to)")
+    return dests
+
+
+def period(event: Event) -> str:
+    """Idempotency period of one notification: the alert, its episode and the step."""
+    st = event.state
+    stamp = st.since.astimezone(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    when = st.last_notified_at.astimezone(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    return f"{st.rule_id}|{st.subject}|{stamp}|{event.action}|{when}"
+
+
+def render(renderer: Renderer, event: Event, dest: str) -> Any:
+    ctx = {
+        "action": event.action,
+        "obs": event.obs,
+        "rule": event.obs.rule,
+        "state": event.state,
+        "as_of": event.state.last_notified_at,
+    }
+    if dest.startswith("email:"):
+        return renderer.email("alert", **ctx)
+    return renderer.slack("alert", **ctx)
+
+
+def run_alerts(app: App, *, dry_run: bool = False) -> list[tuple[Event, list[Outcome]]]:
+    """Evaluate once and deliver what changed; returns each event with its outcomes."""
+    from bot.render import Renderer
+
+    cfg = app.config.alerts
+    if not cfg.rules:
+        raise ConfigError("alerts.rules: no rules configured")
+    now = app.now()
+    store = app.store()
+    outbox = Outbox(store, Transports(app.config), app.config.delivery_max_age)
+    if not dry_run:
+        retried = outbox.flush(now, jobs=(JOB,))
+        for outcome in retried:
+            log.info("retried alert delivery: %s", outcome.line())
+        _record_threads(store, retried)
+    data = gather_inputs(app, now)
+    states = {(s.rule_id, s.subject): _to_state(s) for s in store.alert_all()}
+    events, next_states = plan(cfg.rules, data, states, now=now, repeat_every=cfg.repeat_every,
+                               margin=Decimal(str(cfg.hysteresis_percent)) / 100)
+    renderer = Renderer(app.config.templates_dir)
+    results = []
+    for event in events:
+        outcomes = []
+        for dest in destinations(app, event.obs.rule):
+            msg = render(renderer, event, dest)
+            if dry_run:
+                outcomes.append(Outcome(dest, "dry run"))
+                continue
+            thread = event.state.threads.get(dest)
+            options: dict[str, Any] = {}
+            if event.action != "fire" and thread and dest.startswith("slack:"):
+                options = {"thread_ts": thread, "reply_broadcast": event.action == "resolve"}
+            outcome = outbox.submit(JOB, period(event), dest, msg, now, options=options)
+            if event.action == "fire" and outcome.status == "sent" and outcome.ref:
+                event.state.threads[dest] = outcome.ref
+            outcomes.append(outcome)
+        results.append((event, outcomes))
+    if not dry_run:
+        for st in next_states:
+            _save(store, st, now)
+    return results
+
+
+def _record_threads(store: Store, outcomes: list[Outcome]) -> None:
+    """Remember the Slack ts of each alert's first message, for threading what follows."""
+    states = {(s.rule_id, s.subject): _to_state(s) for s in store.alert_all()}
+    for o in outcomes:
+        if o.job != JOB or o.status != "sent" or not o.ref or not o.destination.startswith("slack:"):
+            continue
+        rule_id, subject, since, action, _ = o.period.split("|")
+        st = states.get((rule_id, subject))
+        if action != "fire" or st is None or st.status != "firing":
+            continue
+        if st.since.astimezone(dt.UTC).strftime("%Y%m%dT%H%M%SZ") == since:
+            st.threads[o.destination] = o.ref
+            _save(store, st, st.last_notified_at)
+
+
+def alerts_command(app: App, *, dry_run: bool) -> int:
+    results = run_alerts(app, dry_run=dry_run)
+    out = sys.stdout
+    if not results:
+        out.write("alerts: nothing changed\n")
+    for event, outcomes in results:
+        sent = ", ".join(o.line() for o in outcomes)
+        out.write(f"{event.action.upper():8} {event.obs.rule.id} {event.obs.subject_name}: "
+                  f"{event.obs.value} (threshold {event.obs.threshold}) -> {sent}\n")
+    return 0 if all(o.ok for _, outs in results for o in outs) else 1
