@@ -1,0 +1,263 @@
+"""The `run` daemon: a `schedule.Scheduler` driving sync, alerts, digests and reports.
+
+Sync and alerts run every `sync_every` / `alerts.check_every`. The daily digest and weekly
+report are "slot" jobs: a pure function gives the latest time each was due (wall-clock time
+in the configured zone, so DST is handled by the zone database), and a check every few
+seconds runs the job once for each new slot. The same check is the catch-up on start: a slot
+that passed while the daemon was down runs once, and the outbox makes it a no-op if it was
+already sent. Every job is wrapped (one log line with duration and outcome; a failure is
+retried on a later tick) and runs only while this process holds the database lease.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import signal
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from bot.config import WEEKDAYS, ReportConfig
+
+if TYPE_CHECKING:
+    import schedule
+
+    from bot.app import App
+
+log = logging.getLogger(__name__)
+
+LEASE = "daemon"
+LEASE_TTL = dt.timedelta(seconds=90)
+SLOT_CHECK_SECONDS = 5
+RETRY_AFTER = dt.timedelta(minutes=5)
+
+
+def last_slot(
+    now: dt.datetime, at: dt.time, tz_name: str, weekday: str | None = None
+) -> dt.datetime:
+    """The latest time at or before `now` (UTC) when a job at wall-clock `at` in `tz_name`
+    (on `weekday`, if given) was due. A wall-clock time skipped by DST runs at the first
+    valid instant after it; a repeated one runs at its first occurrence."""
+    import pytz
+
+    tz = pytz.timezone(tz_name)
+    local_now = now.astimezone(tz)
+    day = local_now.date()
+    for _ in range(8 if weekday else 2):
+        if weekday is None or WEEKDAYS[day.weekday()] == weekday:
+            slot = _localize(tz, dt.datetime.combine(day, at))
+            if slot <= now:
+                return slot.astimezone(dt.UTC)
+        day -= dt.timedelta(days=1)
+    raise AssertionError("unreachable: a slot exists within eight days")
+
+
+def next_slot(
+    now: dt.datetime, at: dt.time, tz_name: str, weekday: str | None = None
+) -> dt.datetime:
+    """The first time strictly after `now` (UTC) when the job is due."""
+    import pytz
+
+    tz = pytz.timezone(tz_name)
+    day = now.astimezone(tz).date()
+    for _ in range(9):
+        if weekday is None or WEEKDAYS[day.weekday()] == weekday:
+            slot = _localize(tz, dt.datetime.combine(day, at))
+            if slot > now:
+                return slot.astimezone(dt.UTC)
+        day += dt.timedelta(days=1)
+    raise AssertionError("unreachable: a slot exists within nine days")
+
+
+def _localize(tz: Any, naive: dt.datetime) -> dt.datetime:
+    """Attach `tz` to a wall-clock time, resolving DST gaps forward and folds to the first."""
+    import pytz
+
+    try:
+        return tz.localize(naive, is_dst=None)  # type: ignore[no-any-return]
+    except pytz.NonExistentTimeError:
+        return tz.normalize(tz.localize(naive, is_dst=False))  # type: ignore[no-any-return]
+    except pytz.AmbiguousTimeError:
+        return tz.localize(naive, is_dst=True)  # type: ignore[no-any-return]
+
+
+def should_run_slot(slot: dt.datetime, handled: dt.datetime | None) -> bool:
+    """A slot runs once: when nothing was handled yet, or only an earlier slot was."""
+    return handled is None or slot > handled
+
+
+@dataclass
+class SlotJob:
+    """A daily or weekly job and the latest slot it has handled."""
+
+    name: str
+    report: ReportConfig
+    weekly: bool
+    handled: dt.datetime | None = None
+    retry_at: dt.datetime | None = None
+
+    def due(self, now: dt.datetime, tz: str) -> dt.datetime | None:
+        slot = last_slot(now, self.report.at, tz, self.report.day if self.weekly else None)
+        if not should_run_slot(slot, self.handled):
+            return None
+        if self.retry_at is not None and now < self.retry_at:
+            return None
+        return slot
+
+
+@dataclass
+class Daemon:
+    """Owns the Scheduler, the lease and the stop flag."""
+
+    app: App
+    holder: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:"
+                        f"{uuid.uuid4().hex[:8]}")
+    stopping: bool = False
+    leader: bool = False
+    sleep: Callable[[float], None] = time.sleep
+    slots: list[SlotJob] = field(default_factory=list)
+    scheduler: schedule.Scheduler | None = None
+
+    def setup(self) -> schedule.Scheduler:
+        import schedule
+
+        cfg = self.app.config
+        sched = schedule.Scheduler()
+        sched.every(int(cfg.sync_every.total_seconds())).seconds.do(self.wrapped("sync",
+                                                                                 self.sync))
+        if cfg.alerts.rules:
+            sched.every(int(cfg.alerts.check_every.total_seconds())).seconds.do(
+                self.wrapped("alerts", self.alerts))
+        sched.every(60).seconds.do(self.wrapped("outbox", self.flush))
+        for name, report in (("daily", cfg.daily), ("weekly", cfg.weekly)):
+            if report.enabled and report.to:
+                job = SlotJob(name, report, weekly=name == "weekly")
+                job.handled = self._load_handled(name)
+                self.slots.append(job)
+        sched.every(SLOT_CHECK_SECONDS).seconds.do(self.check_slots)
+        self.scheduler = sched
+        return sched
+
+    # --- jobs -----------------------------------------------------------------------------
+
+    def wrapped(self, name: str, fn: Callable[[], str]) -> Callable[[], None]:
+        """A job that logs one line with duration and outcome and never raises."""
+
+        def run() -> None:
+            if not self.hold_lease():
+                return
+            started = time.monotonic()
+            try:
+                outcome = fn()
+            except Exception as exc:  # noqa: BLE001 - a failing job must not stop the loop
+                log.error("job %s failed in %.2fs: %s", name, time.monotonic() - started, exc)
+                log.debug("job %s traceback", name, exc_info=True)
+                return
+            log.info("job %s ok in %.2fs: %s", name, time.monotonic() - started, outcome)
+
+        return run
+
+    def sync(self) -> str:
+        from bot.sync import run_sync
+
+        with self.app.client() as client:
+            return run_sync(client, self.app.store(), now=self.app.now()).summary()
+
+    def alerts(self) -> str:
+        from bot.alerts import run_alerts
+
+        results = run_alerts(self.app)
+        if not results:
+            return "nothing changed"
+        return "; ".join(f"{e.action} {e.obs.rule.id} {e.obs.subject_name}: "
+                         + ", ".join(o.status for o in outs) for e, outs in results)
+
+    def flush(self) -> str:
+        from bot.deliver.outbox import Outbox, Transports
+
+        cfg = self.app.config
+        outbox = Outbox(self.app.store(), Transports(cfg), cfg.delivery_max_age)
+        done = outbox.flush(self.app.now(), jobs=("daily", "weekly"))
+        return ", ".join(o.line() for o in done) if done else "nothing pending"
+
+    def run_report(self, job: SlotJob, slot: dt.datetime) -> str:
+        from bot import compute
+        from bot.send import build, deliver
+
+        built = build(self.app, job.name, compute.latest_complete_day(slot))
+        outcomes = deliver(self.app, built, list(job.report.to))
+        failed = [o for o in outcomes if not o.ok]
+        summary = f"{built.period}: " + ", ".join(o.line() for o in outcomes)
+        if failed:
+            raise RuntimeError(summary)
+        return summary
+
+    def check_slots(self) -> None:
+        now = self.app.now()
+        for job in self.slots:
+            slot = job.due(now, self.app.config.timezone)
+            if slot is None:
+                continue
+            if not self.hold_lease():
+                return
+            started = time.monotonic()
+            try:
+                outcome = self.run_report(job, slot)
+            except Exception as exc:  # noqa: BLE001
+                job.retry_at = now + RETRY_AFTER
+                log.error("job %s (slot %s) failed in %.2fs, retrying at %s: %s", job.name,
+                          f"{slot:%Y-%m-%d %H:%M} UTC", time.monotonic() - started,
+                          f"{job.retry_at:%H:%M:%S} UTC", exc)
+                continue
+            job.handled, job.retry_at = slot, None
+            self.app.store().set_meta(f"scheduler.{job.name}.handled", slot.isoformat())
+            log.info("job %s (slot %s) ok in %.2fs: %s", job.name, f"{slot:%Y-%m-%d %H:%M} UTC",
+                     time.monotonic() - started, outcome)
+
+    def _load_handled(self, name: str) -> dt.datetime | None:
+        raw = self.app.store().get_meta(f"scheduler.{name}.handled")
+        return dt.datetime.fromisoformat(raw) if raw else None
+
+    # --- lease and loop ---------------------------------------------------------------------
+
+    def hold_lease(self) -> bool:
+        got = self.app.store().lease_acquire(LEASE, self.holder, self.app.now(), LEASE_TTL)
+        if got != self.leader:
+            log.info("%s the database lease (%s)", "acquired" if got else "waiting for",
+                     self.holder)
+        self.leader = got
+        return got
+
+    def stop(self, signum: int, _frame: Any = None) -> None:
+        log.info("received %s, stopping after the current job", signal.Signals(signum).name)
+        self.stopping = True
+
+    def loop(self) -> int:
+        sched = self.scheduler or self.setup()
+        log.info("daemon started (%s); %d jobs scheduled", self.holder, len(sched.get_jobs()))
+        sched.run_all()  # sync, alerts, pending deliveries, and catch-up of missed slots
+        last_renew = time.monotonic()
+        while not self.stopping:
+            sched.run_pending()
+            if time.monotonic() - last_renew > LEASE_TTL.total_seconds() / 3:
+                self.hold_lease()
+                last_renew = time.monotonic()
+            wait = min(sched.idle_seconds or 1.0, 1.0)
+            if wait > 0 and not self.stopping:
+                self.sleep(wait)
+        self.app.store().lease_release(LEASE, self.holder)
+        log.info("daemon stopped")
+        return 0
+
+
+def run_daemon(app: App) -> int:
+    daemon = Daemon(app)
+    signal.signal(signal.SIGTERM, daemon.stop)
+    signal.signal(signal.SIGINT, daemon.stop)
+    daemon.setup()
+    return daemon.loop()
