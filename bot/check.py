@@ -1,0 +1,90 @@
+"""The `check` command: the config is valid, then each connection is tried and reported."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from bot import fmt
+from bot.errors import BotError
+
+if TYPE_CHECKING:
+    from bot.app import App
+
+
+def _all_destinations(app: App) -> list[str]:
+    cfg = app.config
+    dests: list[str] = []
+    groups = [cfg.daily.to if cfg.daily.enabled else (), cfg.weekly.to if cfg.weekly.enabled
+              else (), cfg.alerts.to, *(r.to for r in cfg.alerts.rules)]
+    for group in groups:
+        dests.extend(d for d in group if d not in dests)
+    return dests
+
+
+def checks(app: App) -> list[tuple[str, Callable[[], str]]]:
+    """The checks this config calls for, each a name and a function returning a detail."""
+    cfg = app.config
+    out: list[tuple[str, Callable[[], str]]] = []
+
+    def openrouter() -> str:
+        with app.client() as client:
+            credits = client.credits()
+            keys = client.keys()
+        return (f"management key works: {len(keys)} API keys, "
+                f"{fmt.money(credits.remaining)} of credits left")
+
+    out.append(("OpenRouter", openrouter))
+
+    def history() -> str:
+        store = app.store()
+        last = store.last_sync_at()
+        return f"{cfg.storage_path} (last sync: {fmt.as_of(last) if last else 'never'})"
+
+    out.append(("History database", history))
+    dests = _all_destinations(app)
+    if any(d.startswith("slack:") and d != "slack:webhook" for d in dests) or cfg.slack.token:
+        from bot.deliver.outbox import Transports
+
+        transports = Transports(cfg)
+        out.append(("Slack auth", lambda: transports.slack().auth_test()))
+        for dest in dests:
+            if dest.startswith("slack:") and dest != "slack:webhook":
+                channel = dest.split(":", 1)[1]
+
+                def can_post(channel: str = channel) -> str:
+                    ok, detail = transports.slack().can_post(channel)
+                    if not ok:
+                        raise BotError(detail)
+                    return detail
+
+                out.append((f"Slack {channel}", can_post))
+    if "slack:webhook" in dests:
+        out.append(("Slack webhook", lambda: "configured (not tested: testing it would post)"))
+    if any(d.startswith("email:") for d in dests) or cfg.email.host:
+        from bot.deliver.outbox import Transports
+
+        mail = Transports(cfg)
+        out.append(("SMTP", lambda: mail.smtp().check()))
+    return out
+
+
+def run_check(app: App) -> int:
+    cfg = app.config
+    print(f"Config: {cfg.source or 'defaults'} is valid "
+          f"({len(cfg.alerts.rules)} alert rules, timezone {cfg.timezone})")
+    failed = 0
+    for name, fn in checks(app):
+        try:
+            detail = fn()
+        except BotError as exc:
+            failed += 1
+            print(f"FAIL  {name}: {exc}")
+            continue
+        print(f"ok    {name}: {detail}")
+    sys.stdout.flush()
+    if failed:
+        print(f"{failed} check(s) failed", file=sys.stderr)
+        return 1
+    return 0
