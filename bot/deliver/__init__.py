@@ -1,0 +1,1 @@
+"""Delivery: the only modules that post to Slack or send mail."""
