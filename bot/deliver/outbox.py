@@ -230,7 +230,9 @@ class Outbox:
         if delivery.destination.startswith("email:"):
             msg_id = message_id(delivery.job, delivery.period, delivery.destination,
                                 str(delivery.created_at), self.transports.config.email.sender)
-        self.store.outbox_begin(delivery.id, now)
+        if not self.store.outbox_begin(delivery.id, now):
+            return Outcome(delivery.destination, "already sent", "by another run", "",
+                           delivery.job, delivery.period)
         try:
             ref = self.transports.send(delivery.destination, msg, options, now, msg_id)
         except BotError as exc:
