@@ -1,0 +1,134 @@
+"""Schema migrations: from empty, re-run, forward from version 1 keeping data, bad databases."""
+
+from __future__ import annotations
+
+import datetime as dt
+import sqlite3
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from bot.errors import DataError
+from bot.models import Credits
+from bot.store import MIGRATIONS, SCHEMA_VERSION, Store, connect, migrate
+
+TABLES = {"schema_migrations", "credits", "activity", "coverage", "keys", "key_snapshots", "meta",
+          "deliveries", "alerts", "leases"}
+
+
+def tables(conn: sqlite3.Connection) -> set[str]:
+    rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+    return {name for (name,) in rows if not name.startswith("sqlite_")}
+
+
+def versions(conn: sqlite3.Connection) -> list[int]:
+    return [v for (v,) in conn.execute("SELECT version FROM schema_migrations ORDER BY version")]
+
+
+def user_version(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+
+def test_schema_version_counts_the_migrations() -> None:
+    assert SCHEMA_VERSION == len(MIGRATIONS) == 4
+
+
+def test_migrate_from_empty_in_memory() -> None:
+    conn = sqlite3.connect(":memory:", isolation_level=None)
+    assert migrate(conn) == SCHEMA_VERSION
+    assert tables(conn) == TABLES
+    assert versions(conn) == list(range(1, SCHEMA_VERSION + 1))
+    assert user_version(conn) == SCHEMA_VERSION
+    applied = conn.execute("SELECT applied_at FROM schema_migrations").fetchall()
+    assert all(dt.datetime.fromisoformat(a) for (a,) in applied)
+
+
+def test_migrate_works_on_a_default_python_connection() -> None:
+    conn = sqlite3.connect(":memory:")  # legacy implicit-transaction mode
+    assert migrate(conn) == SCHEMA_VERSION
+    assert not conn.in_transaction
+    Store(conn).set_meta("k", "v")
+    assert Store(conn).get_meta("k") == "v"
+
+
+def test_rerun_is_a_noop() -> None:
+    conn = connect(":memory:")
+    before = conn.execute("SELECT * FROM schema_migrations").fetchall()
+    assert migrate(conn) == SCHEMA_VERSION
+    assert migrate(conn) == SCHEMA_VERSION
+    Store(conn)  # the store migrates on construction too
+    assert conn.execute("SELECT * FROM schema_migrations").fetchall() == before
+
+
+def test_connect_file_creates_directories_wal_and_pragmas(tmp_path: Path) -> None:
+    path = tmp_path / "a" / "b" / "history.db"
+    conn = connect(path)
+    assert path.exists()
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == 5000
+    assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+    assert user_version(conn) == SCHEMA_VERSION
+    conn.close()
+    again = connect(str(path))
+    assert versions(again) == list(range(1, SCHEMA_VERSION + 1))
+    again.close()
+
+
+def test_version_1_database_migrates_forward_keeping_data(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    old = sqlite3.connect(path, isolation_level=None)
+    assert migrate(old, target=1) == 1
+    assert tables(old) == {"schema_migrations", "credits", "activity", "coverage", "keys",
+                           "key_snapshots", "meta"}
+    old.execute(
+        "INSERT INTO credits (first_seen, last_seen, total_credits, total_usage) "
+        "VALUES ('2024-05-01T00:00:00.000000+00:00', '2024-05-02T00:00:00.000000+00:00', "
+        "'100', '12.000000123456789')"
+    )
+    old.execute(
+        "INSERT INTO activity VALUES ('', '2024-05-01', 'ep1', 'openai/gpt-4o-2024', "
+        "'openai/gpt-4o', 'OpenAI', '1.5', '0', 3, 10, 20, 0, "
+        "'2024-05-02T00:00:00.000000+00:00', '2024-05-02T00:00:00.000000+00:00')"
+    )
+    old.execute("INSERT INTO meta VALUES ('last_sync_at', '2024-05-02T00:00:00.000000+00:00')")
+    old.close()
+
+    conn = connect(path)
+    assert user_version(conn) == SCHEMA_VERSION
+    assert versions(conn) == list(range(1, SCHEMA_VERSION + 1))
+    assert tables(conn) == TABLES
+    store = Store(conn)
+    got = store.credits_at()
+    assert got is not None
+    assert got[1] == Credits(Decimal("100"), Decimal("12.000000123456789"))
+    (row,) = store.activity(dt.date(2024, 5, 1), dt.date(2024, 5, 1))
+    assert (row.model, row.usage, row.requests) == ("openai/gpt-4o", Decimal("1.5"), 3)
+    assert store.last_sync_at() == dt.datetime(2024, 5, 2, tzinfo=dt.UTC)
+    conn.close()
+
+
+def test_newer_database_is_refused() -> None:
+    conn = sqlite3.connect(":memory:", isolation_level=None)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    with pytest.raises(DataError, match="newer"):
+        migrate(conn)
+
+
+def test_not_a_database_is_a_data_error(tmp_path: Path) -> None:
+    path = tmp_path / "junk.db"
+    path.write_bytes(b"this is not a sqlite database at all, not even close" * 100)
+    with pytest.raises(DataError, match="history database"):
+        connect(path)
+
+
+def test_failed_migration_rolls_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    conn = sqlite3.connect(":memory:", isolation_level=None)
+    migrate(conn, target=1)
+    broken = "CREATE TABLE fine (x); CREATE TABLE broken ("
+    monkeypatch.setattr("bot.store.MIGRATIONS", [MIGRATIONS[0], broken])
+    with pytest.raises(sqlite3.OperationalError):
+        migrate(conn, target=2)
+    assert user_version(conn) == 1
+    assert versions(conn) == [1]
+    assert "fine" not in tables(conn)
