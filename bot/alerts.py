@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
@@ -176,7 +176,9 @@ def _record_threads(store: Store, outcomes: list[Outcome]) -> None:
     """Remember the Slack ts of each alert's first message, for threading what follows."""
     states = {(s.rule_id, s.subject): _to_state(s) for s in store.alert_all()}
     for o in outcomes:
-        if o.job != JOB or o.status != "sent" or not o.ref or not o.destination.startswith("slack:"):
+        if o.job != JOB or o.status != "sent" or not o.destination.startswith("slack:"):
+            continue
+        if not o.ref:
             continue
         rule_id, subject, since, action, _ = o.period.split("|")
         st = states.get((rule_id, subject))

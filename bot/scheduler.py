@@ -79,11 +79,11 @@ def _localize(tz: Any, naive: dt.datetime) -> dt.datetime:
     import pytz
 
     try:
-        return tz.localize(naive, is_dst=None)  # type: ignore[no-any-return]
+        return tz.localize(naive, is_dst=None)
     except pytz.NonExistentTimeError:
-        return tz.normalize(tz.localize(naive, is_dst=False))  # type: ignore[no-any-return]
+        return tz.normalize(tz.localize(naive, is_dst=False))
     except pytz.AmbiguousTimeError:
-        return tz.localize(naive, is_dst=True)  # type: ignore[no-any-return]
+        return tz.localize(naive, is_dst=True)
 
 
 def should_run_slot(slot: dt.datetime, handled: dt.datetime | None) -> bool:
