@@ -1,0 +1,110 @@
+"""The outbox: idempotency, --force, retry after failure, crash windows, give-up."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import pytest
+
+from bot.config import Config
+from bot.deliver.outbox import Outbox, Transports, decode, encode, message_id
+from bot.errors import DeliveryError
+from bot.models import MailMessage, SlackMessage
+from bot.store import Store, connect
+
+T0 = dt.datetime(2026, 11, 25, 9, 0, tzinfo=dt.UTC)
+MSG = SlackMessage(text="OpenRouter spend $1.00", blocks=[{"type": "divider"}],
+                   chart_png=b"\x89PNG fake", chart_title="chart")
+
+
+class RecordingTransports(Transports):
+    """Transports whose send records calls and fails while `down` is set."""
+
+    def __init__(self) -> None:
+        super().__init__(Config())
+        self.sent: list[tuple[str, str, dict[str, Any]]] = []
+        self.down = False
+
+    def send(self, destination: str, msg: Any, options: dict[str, Any], now: dt.datetime,
+             msg_id: str | None = None) -> str:
+        if self.down:
+            raise DeliveryError(f"{destination}: service unavailable")
+        self.sent.append((destination, msg.text, options))
+        return f"ts-{len(self.sent)}"
+
+
+@pytest.fixture()
+def box() -> tuple[Outbox, RecordingTransports, Store]:
+    store = Store(connect(":memory:"))
+    transports = RecordingTransports()
+    return Outbox(store, transports, dt.timedelta(hours=24)), transports, store
+
+
+def test_payload_round_trip() -> None:
+    mail = MailMessage(subject="s", text="t", html="<p>h</p>", inline_images={"chart": b"\x00\x01"},
+                       attachments=[("a.csv", "text/csv", b"x,y\n")])
+    for msg in (MSG, mail):
+        back, options = decode(encode(msg, {"thread_ts": "1.2"}))
+        assert back == msg and options == {"thread_ts": "1.2"}
+
+
+def test_sent_once_then_already_sent_unless_forced(box) -> None:
+    outbox, transports, _ = box
+    first = outbox.submit("daily", "2026-11-24", "slack:#ops", MSG, T0)
+    again = outbox.submit("daily", "2026-11-24", "slack:#ops", MSG, T0 + dt.timedelta(hours=1))
+    assert (first.status, again.status) == ("sent", "already sent")
+    assert len(transports.sent) == 1
+    other = outbox.submit("daily", "2026-11-24", "slack:#other", MSG, T0)
+    assert other.status == "sent" and len(transports.sent) == 2
+    forced = outbox.submit("daily", "2026-11-24", "slack:#ops", MSG, T0, force=True)
+    assert forced.status == "sent" and len(transports.sent) == 3
+
+
+def test_failed_delivery_is_kept_and_retried_exactly_once(box) -> None:
+    outbox, transports, store = box
+    transports.down = True
+    failed = outbox.submit("daily", "2026-11-24", "slack:#ops", MSG, T0)
+    assert failed.status == "failed" and "service unavailable" in failed.detail
+    assert [d.status for d in store.outbox_due()] == ["pending"]
+    assert outbox.flush(T0 + dt.timedelta(minutes=1))[0].status == "failed"
+    transports.down = False
+    retried = outbox.flush(T0 + dt.timedelta(minutes=2))
+    assert [(o.status, o.period) for o in retried] == [("sent", "2026-11-24")]
+    assert outbox.flush(T0 + dt.timedelta(minutes=3)) == []
+    assert len(transports.sent) == 1
+
+
+def test_crash_between_begin_and_sent_is_redelivered(box) -> None:
+    outbox, transports, store = box
+    delivery = store.outbox_put("weekly", "p", "slack:#ops", encode(MSG), T0)
+    assert store.outbox_begin(delivery.id, T0)  # ... and the process died here
+    assert [d.status for d in store.outbox_due()] == ["sending"]
+    [outcome] = outbox.flush(T0 + dt.timedelta(minutes=5))
+    assert outcome.status == "sent" and len(transports.sent) == 1
+    assert outbox.submit("weekly", "p", "slack:#ops", MSG, T0).status == "already sent"
+
+
+def test_gives_up_after_max_age(box) -> None:
+    outbox, transports, store = box
+    transports.down = True
+    outbox.submit("daily", "2026-11-24", "slack:#ops", MSG, T0)
+    transports.down = False
+    [outcome] = outbox.flush(T0 + dt.timedelta(hours=25))
+    assert outcome.status == "given up" and not outcome.ok
+    assert "service unavailable" in outcome.detail
+    assert transports.sent == [] and store.outbox_due() == []
+
+
+def test_thread_options_are_kept(box) -> None:
+    outbox, transports, _ = box
+    outbox.submit("alert", "x", "slack:#ops", MSG, T0,
+                  options={"thread_ts": "123.456", "reply_broadcast": True})
+    assert transports.sent[0][2] == {"thread_ts": "123.456", "reply_broadcast": True}
+
+
+def test_message_id_is_stable_per_delivery() -> None:
+    a = message_id("weekly", "p", "email:a@x.io", "1", "Reports <r@example.com>")
+    assert a == message_id("weekly", "p", "email:a@x.io", "1", "Reports <r@example.com>")
+    assert a != message_id("weekly", "p", "email:b@x.io", "1", "Reports <r@example.com>")
+    assert a.endswith("@example.com>")
