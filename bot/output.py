@@ -100,22 +100,19 @@ def write_csv(rows: Iterable[ActivityRow], out: IO[str]) -> None:
         )
 
 
-def _cost_cell(g: Group, show_byok: bool) -> str:
-    text = fmt.money(g.figures.cost)
-    if show_byok and g.figures.byok_usage:
-        text += f" (BYOK {fmt.money(g.figures.byok_usage)})"
-    return text
-
-
 def _table(title: str, groups: list[Group], show_byok: bool, tokens: bool) -> list[str]:
     lines = ["", title, "-" * len(title)]
     if not groups:
         return [*lines, "  (no activity)"]
     width = min(max(len(g.name) for g in groups), 48)
+    byok_width = max(len(fmt.money(g.figures.byok_usage)) for g in groups) + 6
     for g in groups:
         f = g.figures
-        cost = _cost_cell(g, show_byok)
-        line = f"  {g.name[:48]:<{width}}  {cost:>12}  {fmt.count(f.requests):>9} req"
+        line = f"  {g.name[:48]:<{width}}  {fmt.money(f.cost):>12}"
+        if show_byok:
+            byok = f"BYOK {fmt.money(f.byok_usage)}" if f.byok_usage else ""
+            line += f"  {byok:<{byok_width}}"
+        line += f"  {fmt.count(f.requests):>9} req"
         if tokens:
             line += (
                 f"  {fmt.count(f.prompt_tokens):>13} in  {fmt.count(f.completion_tokens):>11} out"
