@@ -50,6 +50,8 @@ class App:
             self.config.openrouter.base_url,
             timeout=self.config.openrouter.timeout,
             concurrency=self.config.openrouter.concurrency,
+            max_attempts=self.config.openrouter.max_attempts,
+            retry_budget=self.config.openrouter.retry_budget.total_seconds(),
             transport=self.transport,
         )
 

@@ -85,8 +85,12 @@ class _Redactor(logging.Filter):
 REDACTOR = _Redactor()
 
 
-def setup_logging(verbose: bool, quiet: bool) -> None:
-    level = logging.DEBUG if verbose else logging.ERROR if quiet else logging.INFO
+def setup_logging(verbose: bool, quiet: bool, daemon: bool = False) -> None:
+    """Debug with -v, errors only with -q; otherwise warnings (the daemon: one line per job)."""
+    level = (
+        logging.DEBUG if verbose else logging.ERROR if quiet
+        else logging.INFO if daemon else logging.WARNING
+    )
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.addFilter(REDACTOR)
@@ -222,7 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse: --help/--version exit 0, usage errors exit 2
         return int(exc.code or 0)
-    setup_logging(args.verbose, args.quiet)
+    setup_logging(args.verbose, args.quiet, daemon=args.command == "run")
     try:
         return COMMANDS[args.command](args)
     except BotError as exc:

@@ -41,6 +41,8 @@ class OpenRouterConfig:
     base_url: str = DEFAULT_BASE_URL
     timeout: float = 30.0
     concurrency: int = 8
+    max_attempts: int = 5
+    retry_budget: dt.timedelta = dt.timedelta(seconds=60)
 
 
 @dataclass(frozen=True)
@@ -352,6 +354,8 @@ def parse_config(data: Any, env: Mapping[str, str], source: Path | None = None) 
         ).rstrip("/"),
         timeout=base.get("timeout", _number, 30.0),
         concurrency=base.get("concurrency", _positive_int, 8),
+        max_attempts=base.get("max_attempts", _positive_int, 5),
+        retry_budget=base.get("retry_budget", _duration, dt.timedelta(seconds=60)),
     )
     base.finish()
 

@@ -71,8 +71,7 @@ def to_json(report: UsageReport) -> str:
     }
     if report.by_key is not None:
         doc["by_key"] = _group_dicts(report.by_key, "key")
-    if report.missing_days:
-        doc["missing_days"] = [d.isoformat() for d in report.missing_days]
+    doc["missing_days"] = [d.isoformat() for d in report.missing_days]
     doc["activity"] = [r.to_api_dict() for r in report.rows]
     return json.dumps(_plain(doc), indent=2, ensure_ascii=False)
 

@@ -1,0 +1,75 @@
+"""PNG bar chart of daily spend for e-mail and Slack (matplotlib's Agg canvas, no pyplot)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+
+from bot.compute import Group
+
+STRONG = "#2563eb"
+MUTED = "#c7d2e3"
+TEXT = "#374151"
+GRID = "#e5e7eb"
+WIDTH_IN, HEIGHT_IN, DPI = 6.0, 2.6, 100
+
+
+def _dollars(value: float, cents: bool) -> str:
+    # `\$` keeps matplotlib from reading a dollar sign as the start of mathtext.
+    text = f"{value:,.2f}" if cents else f"{value:,.0f}"
+    return "\\$" + text
+
+
+def chart_png(series: list[Group], *, title: str, highlight_from: dt.date | None = None) -> bytes:
+    """Daily spend bars (one Group per ISO day, as `compute.by_date` makes) as PNG bytes.
+
+    Days on or after `highlight_from` are drawn in a strong colour, earlier ones muted. The
+    output is 600x260 px and byte-for-byte the same for the same input.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
+
+    days = [dt.date.fromisoformat(g.name[:10]) for g in series]
+    values = [float(g.figures.cost) for g in series]
+    peak = max(values, default=0.0)
+    colours = [STRONG if highlight_from is None or day >= highlight_from else MUTED for day in days]
+
+    fig = Figure(figsize=(WIDTH_IN, HEIGHT_IN), dpi=DPI, facecolor="white")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    positions = list(range(len(values)))
+    ax.bar(positions, values, color=colours, width=0.72, zorder=2)
+
+    step = max(1, -(-len(days) // 14))  # at most ~14 labels fit in 600 px
+    ax.set_xticks(positions[::step])
+    ax.set_xticklabels([f"{d:%b}\n{d.day}" for d in days[::step]], fontsize=7.5, color=TEXT)
+    ax.set_xlim(-0.6, max(len(values), 1) - 0.4)
+
+    cents = peak < 10
+    ax.set_ylim(0, peak * 1.12 if peak > 0 else 1)
+    ax.yaxis.set_major_locator(MaxNLocator(nbins=4, min_n_ticks=2))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: _dollars(v, cents)))
+    ax.tick_params(axis="y", labelsize=8, colors=TEXT, length=0)
+    ax.tick_params(axis="x", length=0, pad=3)
+    ax.grid(axis="y", color=GRID, linewidth=0.8, zorder=0)
+    for side in ("top", "right", "left"):
+        ax.spines[side].set_visible(False)
+    ax.spines["bottom"].set_color("#9ca3af")
+    ax.set_title(title.replace("$", "\\$"), fontsize=9.5, color=TEXT, loc="left", pad=6)
+    if not series or peak == 0:
+        ax.text(
+            0.5,
+            0.5,
+            "No spend in this period",
+            transform=ax.transAxes,
+            ha="center",
+            va="center",
+            fontsize=9,
+            color="#6b7280",
+        )
+    fig.tight_layout(pad=0.6)
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None})
+    return buf.getvalue()

@@ -1,0 +1,358 @@
+"""Jinja rendering of digests, reports and alerts into Slack and e-mail messages (sends nothing).
+
+Templates live in ``templates/`` (the package ``bot.templates``); a user folder given to
+:class:`Renderer` overrides any bundled template of the same name.
+
+Slack: ``slack/<name>.json.j2`` renders to a JSON document ``{"blocks": [...]}`` (by convention
+every block after the first is written with a leading comma, so optional blocks need no
+trailing-comma juggling) and ``slack/<name>.txt.j2`` to the short plain-text fallback shown in
+notifications. JSON templates are not autoescaped: every dynamic string goes through ``tojson``,
+and every untrusted string (model, provider and key names, anything from the API) through
+``mrkdwn`` first. The blocks are then cut to Slack's limits by :func:`fit_slack_limits`.
+
+E-mail: ``email/<name>.html.j2`` (autoescaped; CSS written in a ``<style>`` block is inlined
+with css_inline) and ``email/<name>.txt.j2`` (plain text). The subject is the text of the
+rendered HTML's ``<title>``, which templates set with ``{% block subject %}`` of
+``email/_base.html.j2``; when that is empty, the ``subject`` variable passed to :meth:`email`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+import io
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from decimal import Decimal
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from bot import fmt
+from bot.chart import chart_png
+from bot.compute import Group
+from bot.digest import DailyDigest, Line, Ranking, WeeklyReport
+from bot.models import MailMessage, SlackMessage
+from bot.output import write_csv
+
+MAX_BLOCKS = 50
+MAX_SECTION_TEXT = 3000
+MAX_FIELD_TEXT = 2000
+MAX_FIELDS = 10
+MAX_HEADER_TEXT = 150
+MAX_CONTEXT_ELEMENTS = 10
+MAX_CONTEXT_TEXT = 3000
+# Characters a ranked list may take in one Slack section before the rest becomes "and N more".
+SLACK_LIST_BUDGET = 2600
+ELLIPSIS = "…"
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]+")
+_TITLE = re.compile(r"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
+
+
+def bundled_templates_dir() -> Path:
+    """The folder of templates shipped with the package."""
+    return Path(str(files("bot.templates")))
+
+
+def mrkdwn_escape(text: str) -> str:
+    """Escape Slack's control characters so `<!channel>`, `<@U1>` and `<url|label>` stay text."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def one_line(text: Any) -> str:
+    """The value as a single line: newlines and other control characters become spaces."""
+    return _CONTROL.sub(" ", str(text))
+
+
+def _mrkdwn(value: Any) -> str:
+    """The `mrkdwn` filter: an untrusted string made safe to put inside Slack mrkdwn."""
+    return mrkdwn_escape(one_line(value))
+
+
+def _tojson(value: Any) -> str:
+    """The `tojson` filter: a JSON literal (Decimals as strings), safe inside a JSON template."""
+    return json.dumps(value, ensure_ascii=False, default=str)
+
+
+def _as_date(value: dt.date | str) -> dt.date:
+    if isinstance(value, dt.datetime):
+        return value.date()
+    if isinstance(value, dt.date):
+        return value
+    return dt.date.fromisoformat(str(value)[:10])
+
+
+def _day(value: dt.date | str) -> str:
+    return fmt.day(_as_date(value))
+
+
+def _short_day(value: dt.date | str) -> str:
+    """`Tue 11-24`: a day in a chart line."""
+    d = _as_date(value)
+    return f"{d:%a %m-%d}"
+
+
+def _change(current: Decimal, previous: Decimal) -> str:
+    """`{{ current | change(previous) }}` -> `+12.3%` / `-4.0%` / `new`."""
+    return fmt.delta_label(current, previous)
+
+
+def _trend(label: str) -> str:
+    """CSS class for a change label: `up` (spend rose), `down` (fell) or `flat`."""
+    if label == "new" or label.startswith("+"):
+        return "up"
+    if label.startswith("-"):
+        return "down"
+    return "flat"
+
+
+def _bar(value: Decimal, peak: Decimal, width: int = 20) -> str:
+    return fmt.bar(value, peak, width)
+
+
+def _peak(series: list[Group]) -> Decimal:
+    return max((g.figures.cost for g in series), default=Decimal(0))
+
+
+def _month(value: dt.date) -> str:
+    return f"{value:%B %Y}"
+
+
+@dataclass(frozen=True)
+class Shown:
+    """The names that fit in a Slack section and how many were left out."""
+
+    names: list[str]
+    more: int = 0
+
+
+def _fit_lines(value: Ranking | list[Line], budget: int = SLACK_LIST_BUDGET) -> Ranking:
+    """A ranking cut to what fits in one Slack section; the rest is added to `more`."""
+    ranking = value if isinstance(value, Ranking) else Ranking(list(value))
+    used = 0
+    kept: list[Line] = []
+    for line in ranking.lines:
+        used += len(_mrkdwn(line.name)) + 60  # name plus bullet, amounts, change and BYOK
+        if used > budget:
+            break
+        kept.append(line)
+    return Ranking(kept, ranking.more + len(ranking.lines) - len(kept))
+
+
+def _fit_names(names: list[str], budget: int = SLACK_LIST_BUDGET) -> Shown:
+    """Names (e.g. new models) cut to what fits in one Slack section."""
+    used = 0
+    kept: list[str] = []
+    for name in names:
+        used += len(_mrkdwn(name)) + 4
+        if used > budget:
+            break
+        kept.append(name)
+    return Shown(kept, len(names) - len(kept))
+
+
+FILTERS: dict[str, Callable[..., Any]] = {
+    "money": fmt.money,
+    "change": _change,
+    "day": _day,
+    "short_day": _short_day,
+    "month": _month,
+    "as_of": fmt.as_of,
+    "days_label": fmt.days_label,
+    "count": fmt.count,
+    "bar": _bar,
+    "peak": _peak,
+    "trend": _trend,
+    "mrkdwn": _mrkdwn,
+    "one_line": one_line,
+    "tojson": _tojson,
+    "fit": _fit_lines,
+    "fit_names": _fit_names,
+}
+
+
+# --- Slack Block Kit limits -------------------------------------------------------------------
+
+
+def _cut(text: str, limit: int) -> str:
+    """`text` shortened to at most `limit` characters, ending with "…" when cut.
+
+    Prefers a line boundary, never leaves half an HTML entity and closes an open code block.
+    """
+    if len(text) <= limit:
+        return text
+    room = limit - len(ELLIPSIS) - 4  # space for a closing "\n```"
+    head = text[:room]
+    newline = head.rfind("\n")
+    if newline >= room // 2:
+        head = head[: newline + 1]
+    head = re.sub(r"&[a-zA-Z#0-9]*$", "", head)
+    if head.count("```") % 2:
+        return head + ELLIPSIS + "\n```"
+    return head + ELLIPSIS
+
+
+def _fit_text_object(obj: Any, limit: int) -> Any:
+    if isinstance(obj, dict) and isinstance(obj.get("text"), str):
+        return {**obj, "text": _cut(obj["text"], limit)}
+    return obj
+
+
+def _more_block(count: int) -> dict[str, Any]:
+    noun = "part" if count == 1 else "parts"
+    return {
+        "type": "context",
+        "elements": [
+            {
+                "type": "mrkdwn",
+                "text": f"_and {count} more {noun} not shown (Slack message limit)_",
+            }
+        ],
+    }
+
+
+def _fit_block(block: dict[str, Any]) -> dict[str, Any]:
+    kind = block.get("type")
+    out = dict(block)
+    if kind == "header":
+        out["text"] = _fit_text_object(block.get("text"), MAX_HEADER_TEXT)
+    elif kind == "section":
+        if "text" in block:
+            out["text"] = _fit_text_object(block["text"], MAX_SECTION_TEXT)
+        if isinstance(block.get("fields"), list):
+            fields = [_fit_text_object(f, MAX_FIELD_TEXT) for f in block["fields"]]
+            if len(fields) > MAX_FIELDS:
+                extra = len(fields) - MAX_FIELDS + 1
+                fields = [
+                    *fields[: MAX_FIELDS - 1],
+                    {"type": "mrkdwn", "text": f"_and {extra} more_"},
+                ]
+            out["fields"] = fields
+    elif kind == "context" and isinstance(block.get("elements"), list):
+        elements = [_fit_text_object(e, MAX_CONTEXT_TEXT) for e in block["elements"]]
+        if len(elements) > MAX_CONTEXT_ELEMENTS:
+            extra = len(elements) - MAX_CONTEXT_ELEMENTS + 1
+            elements = [
+                *elements[: MAX_CONTEXT_ELEMENTS - 1],
+                {"type": "mrkdwn", "text": f"_and {extra} more_"},
+            ]
+        out["elements"] = elements
+    return out
+
+
+def fit_slack_limits(blocks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Blocks cut to Slack's limits: at most 50 blocks, 3000 characters a section text, 2000 a
+    field (10 fields), 150 a header, 10 context elements.
+
+    Over-long texts end with "…"; surplus blocks are dropped and replaced by a final "and N more"
+    context block (a trailing context block, the as-of line, is kept after it).
+    """
+    fitted = [_fit_block(b) for b in blocks]
+    if len(fitted) <= MAX_BLOCKS:
+        return fitted
+    tail = [fitted[-1]] if fitted[-1].get("type") == "context" else []
+    keep = MAX_BLOCKS - 1 - len(tail)
+    dropped = len(fitted) - keep - len(tail)
+    return [*fitted[:keep], _more_block(dropped), *tail]
+
+
+# --- the renderer -----------------------------------------------------------------------------
+
+
+def _csv_bytes(report: WeeklyReport) -> bytes:
+    buf = io.StringIO()
+    write_csv(report.rows, buf)
+    return buf.getvalue().encode("utf-8")
+
+
+def _inline_css(document: str) -> str:
+    import css_inline
+
+    return str(css_inline.inline(document, keep_at_rules=True, load_remote_stylesheets=False))
+
+
+class Renderer:
+    """Renders digests, reports and alerts from Jinja templates into message values."""
+
+    def __init__(self, templates_dir: Path | None = None) -> None:
+        loaders: list[jinja2.BaseLoader] = []
+        if templates_dir is not None:
+            loaders.append(jinja2.FileSystemLoader(str(templates_dir)))
+        loaders.append(jinja2.FileSystemLoader(str(bundled_templates_dir())))
+        self.env = jinja2.Environment(
+            loader=jinja2.ChoiceLoader(loaders),
+            autoescape=jinja2.select_autoescape(["html", "html.j2"], default_for_string=False),
+            undefined=jinja2.StrictUndefined,
+            trim_blocks=True,
+            lstrip_blocks=True,
+            keep_trailing_newline=False,
+        )
+        self.env.filters.update(FILTERS)
+
+    # generic
+
+    def _render(self, name: str, context: dict[str, Any]) -> str:
+        return self.env.get_template(name).render(**context)
+
+    def slack(self, name: str, /, **context: Any) -> SlackMessage:
+        """`slack/<name>.json.j2` as blocks (cut to Slack's limits) + `slack/<name>.txt.j2`."""
+        raw = self._render(f"slack/{name}.json.j2", context)
+        try:
+            doc = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"slack/{name}.json.j2 did not render valid JSON: {exc}") from exc
+        blocks = doc["blocks"] if isinstance(doc, dict) else doc
+        text = self._render(f"slack/{name}.txt.j2", context).strip()
+        return SlackMessage(text=text, blocks=fit_slack_limits(blocks))
+
+    def email(self, name: str, /, **context: Any) -> MailMessage:
+        """`email/<name>.html.j2` (CSS inlined) + `email/<name>.txt.j2`; subject from <title>."""
+        document = self._render(f"email/{name}.html.j2", context)
+        match = _TITLE.search(document)
+        subject = " ".join(html.unescape(match.group(1)).split()) if match else ""
+        if not subject:
+            subject = one_line(context.get("subject", "")).strip()
+        if not subject:
+            raise ValueError(f"email/{name}.html.j2 sets no <title> and no subject was given")
+        text = self._render(f"email/{name}.txt.j2", context).strip() + "\n"
+        return MailMessage(subject=subject, text=text, html=_inline_css(document))
+
+    # digests and reports
+
+    def daily_slack(self, d: DailyDigest, *, charts: bool = False) -> SlackMessage:
+        msg = self.slack("daily", d=d)
+        if charts:
+            msg.chart_title = f"OpenRouter daily spend, 14 days to {fmt.day(d.day)} (UTC)"
+            msg.chart_png = chart_png(d.chart, title=msg.chart_title, highlight_from=d.day)
+        return msg
+
+    def weekly_slack(self, w: WeeklyReport, *, charts: bool = False) -> SlackMessage:
+        msg = self.slack("weekly", w=w)
+        if charts:
+            msg.chart_title = f"OpenRouter daily spend (UTC), week {w.start} to {w.end} highlighted"
+            msg.chart_png = chart_png(w.chart, title=msg.chart_title, highlight_from=w.start)
+        return msg
+
+    def daily_email(self, d: DailyDigest) -> MailMessage:
+        msg = self.email("daily", d=d)
+        msg.inline_images["chart"] = chart_png(
+            d.chart, title=f"Last 14 UTC days, {fmt.day(d.day)} highlighted", highlight_from=d.day
+        )
+        return msg
+
+    def weekly_email(self, w: WeeklyReport) -> MailMessage:
+        msg = self.email("weekly", w=w)
+        msg.inline_images["chart"] = chart_png(
+            w.chart,
+            title=f"Last 14 UTC days, this week ({w.start} to {w.end}) highlighted",
+            highlight_from=w.start,
+        )
+        msg.attachments.append(
+            (f"openrouter-usage-{w.start}-to-{w.end}.csv", "text/csv", _csv_bytes(w))
+        )
+        return msg
