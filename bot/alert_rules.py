@@ -35,6 +35,8 @@ class Observation:
     clear: bool
     summary: str  # one line: what crossed
     advice: str  # what to do
+    title: str = ""  # what the alert is about, e.g. "Low credits"
+    link: str = ""  # where to act (a trusted OpenRouter URL)
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,7 @@ def evaluate(rule: AlertRule, data: Inputs, margin: Decimal) -> list[Observation
                 " or ".join(limits), firing, clear,
                 f"OpenRouter credits are low: {fmt.money(remaining)} left",
                 f"Add credits at {CREDITS_URL} before requests start failing.",
+                "Low credits", CREDITS_URL,
             )
         ]
     if rule.kind == "runway":
@@ -121,6 +124,7 @@ def evaluate(rule: AlertRule, data: Inputs, margin: Decimal) -> list[Observation
                 clear,
                 f"Credits run out in {fmt.days_label(runway)} at the last 7 days' pace",
                 f"Add credits at {CREDITS_URL} or cut spend; see {ACTIVITY_URL}.",
+                "Credits runway", CREDITS_URL,
             )
         ]
     if rule.kind == "daily_spend":
@@ -134,6 +138,7 @@ def evaluate(rule: AlertRule, data: Inputs, margin: Decimal) -> list[Observation
                 today.cost > limit, today.cost <= limit * down,
                 f"Spend today (UTC) is {fmt.money(today.cost)}, above {fmt.money(limit)}",
                 f"See which keys and models are spending at {ACTIVITY_URL}.",
+                "Daily spend", ACTIVITY_URL,
             )
         ]
     if rule.kind == "spike":
@@ -154,6 +159,7 @@ def evaluate(rule: AlertRule, data: Inputs, margin: Decimal) -> list[Observation
                 f"{fmt.delta_label(on_day, trailing)} against the 7-day average",
                 "Run `openrouter-usage report --date "
                 f"{data.day} --by-key` to see which keys and models caused it.",
+                "Spend spike", ACTIVITY_URL,
             )
         ]
     if rule.kind == "key_limit":
@@ -172,6 +178,7 @@ def evaluate(rule: AlertRule, data: Inputs, margin: Decimal) -> list[Observation
                     f"API key {key.display_name} has {pct:.1f}% of its limit left",
                     f"Raise the key's limit at {KEYS_URL} or expect its requests to fail"
                     + (f" (limit resets {key.limit_reset})." if key.limit_reset else "."),
+                    f"Key limit: {key.display_name}", KEYS_URL,
                 )
             )
         return out
@@ -191,6 +198,7 @@ def evaluate(rule: AlertRule, data: Inputs, margin: Decimal) -> list[Observation
                     f"{model} cost {fmt.money(fig.cost)} on {data.day} (UTC)",
                     f"Check which keys use {model}: `openrouter-usage report --date {data.day} "
                     "--by-key`.",
+                    f"Model spend: {model}", ACTIVITY_URL,
                 )
             )
         return out

@@ -58,7 +58,8 @@ def _save(store: Store, state: State, now: dt.datetime) -> None:
 def gone(rule: AlertRule, state: State) -> Observation:
     """A firing subject that is no longer observed (model unused, key removed) has cleared."""
     return Observation(rule, state.subject, state.subject, "no longer observed", "", False, True,
-                       "Condition no longer observed", "Nothing to do.")
+                       "Condition no longer observed", "Nothing to do.",
+                       f"{rule.kind.replace('_', ' ').capitalize()}: {state.subject}")
 
 
 def plan(
@@ -116,8 +117,10 @@ def period(event: Event) -> str:
     return f"{st.rule_id}|{st.subject}|{stamp}|{event.action}|{when}"
 
 
-def render(renderer: Renderer, event: Event, dest: str) -> Any:
+def render(renderer: Renderer, event: Event, dest: str, repeat_every: dt.timedelta) -> Any:
+    hours = repeat_every.total_seconds() / 3600
     ctx = {
+        "repeat_every": f"{hours:g}h" if hours < 48 else f"{hours / 24:g}d",
         "action": event.action,
         "obs": event.obs,
         "rule": event.obs.rule,
@@ -153,7 +156,7 @@ def run_alerts(app: App, *, dry_run: bool = False) -> list[tuple[Event, list[Out
     for event in events:
         outcomes = []
         for dest in destinations(app, event.obs.rule):
-            msg = render(renderer, event, dest)
+            msg = render(renderer, event, dest, cfg.repeat_every)
             if dry_run:
                 outcomes.append(Outcome(dest, "dry run"))
                 continue
