@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import json
 import sys
 from pathlib import Path
 
@@ -25,18 +27,48 @@ def demo_app(now: dt.datetime, storage: Path | str = ":memory:") -> App:
 
 
 def run_demo(out_dir: str = "out", quiet: bool = False, now: dt.datetime | None = None) -> int:
+    from bot import compute
     from bot.output import format_text
+    from bot.render import Renderer, blocks_to_text
     from bot.report import gather_report, resolve_period
-    from bot.sync import run_sync
+    from bot.send import build
 
     now = now or utcnow()
     app = demo_app(now)
+    out = sys.stdout
     with app.client() as client:
-        run_sync(client, app.store(), now=now)
         report = gather_report(
-            client, app.store(), resolve_period(now, days=30), now=now, with_keys=True
+            client, None, resolve_period(now, days=30), now=now, with_keys=True
         )
-    sys.stdout.write("=== Report (sample org, last 30 days) ===\n")
-    sys.stdout.write(format_text(report))
+    out.write("=== openrouter-usage report --by-key (sample org, last 30 UTC days) ===\n")
+    out.write(format_text(report))
+
+    renderer = Renderer()
+    day = compute.latest_complete_day(now)
+    daily = build(app, "daily", day)
+    slack = renderer.daily_slack(daily.data)  # type: ignore[arg-type]
+    folder = Path(out_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "daily-slack.json").write_text(
+        json.dumps({"text": slack.text, "blocks": slack.blocks}, indent=2, ensure_ascii=False)
+    )
+    out.write(f"\n=== Daily Slack digest for {day} (UTC), as it would be posted ===\n")
+    out.write(blocks_to_text(slack.blocks))
+
+    weekly = build(app, "weekly", day, sync=False)
+    mail = renderer.weekly_email(weekly.data)  # type: ignore[arg-type]
+    html = mail.html
+    for cid, png in mail.inline_images.items():  # so a browser shows what a mail client would
+        html = html.replace(f"cid:{cid}", "data:image/png;base64," + base64.b64encode(png).decode())
+    html_path = folder / "weekly-email.html"
+    html_path.write_text(html, encoding="utf-8")
+    for name, _mime, data in mail.attachments:
+        (folder / name).write_bytes(data)
+    out.write(f"\n=== Weekly e-mail report ===\nSubject: {mail.subject}\n")
+    out.write(f"HTML written to {html_path.resolve()} (open it in a browser)\n")
+    out.write(f"Attachments written to {folder.resolve()}/: "
+              f"{', '.join(n for n, _, _ in mail.attachments)}\n")
+    out.write("Slack Block Kit JSON written to "
+              f"{(folder / 'daily-slack.json').resolve()}\n")
     app.close()
     return 0

@@ -356,3 +356,24 @@ class Renderer:
             (f"openrouter-usage-{w.start}-to-{w.end}.csv", "text/csv", _csv_bytes(w))
         )
         return msg
+
+
+def blocks_to_text(blocks: list[dict[str, Any]]) -> str:
+    """A terminal rendering of Block Kit blocks (for `demo` and reading dry runs)."""
+    lines: list[str] = []
+    for block in blocks:
+        kind = block.get("type")
+        if kind == "header":
+            title = block["text"]["text"]
+            lines += [title, "=" * len(title)]
+        elif kind == "section":
+            if "text" in block:
+                lines.append(html.unescape(block["text"]["text"]))
+            for item in block.get("fields", []):
+                lines.append(html.unescape(item["text"]).replace("\n", ": ", 1))
+            lines.append("")
+        elif kind == "context":
+            lines.append(" ".join(html.unescape(e.get("text", "")) for e in block["elements"]))
+        elif kind == "divider":
+            lines.append("-" * 40)
+    return "\n".join(lines).rstrip() + "\n"
