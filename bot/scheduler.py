@@ -138,6 +138,15 @@ class Daemon:
             if report.enabled and report.to:
                 job = SlotJob(name, report, weekly=name == "weekly")
                 job.handled = self._load_handled(name)
+                if job.handled is None:  # first start: nothing was missed "while down"
+                    job.handled = last_slot(self.app.now(), report.at, cfg.timezone,
+                                            report.day if job.weekly else None)
+                    self._save_handled(job)
+                upcoming = next_slot(self.app.now(), report.at, cfg.timezone,
+                                     report.day if job.weekly else None)
+                log.info("%s runs at %s %s (%s); next at %s UTC", name, report.at,
+                         report.day if job.weekly else "daily", cfg.timezone,
+                         f"{upcoming:%Y-%m-%d %H:%M:%S}")
                 self.slots.append(job)
         sched.every(SLOT_CHECK_SECONDS).seconds.do(self.check_slots)
         self.scheduler = sched
@@ -215,9 +224,13 @@ class Daemon:
                           f"{job.retry_at:%H:%M:%S} UTC", exc)
                 continue
             job.handled, job.retry_at = slot, None
-            self.app.store().set_meta(f"scheduler.{job.name}.handled", slot.isoformat())
+            self._save_handled(job)
             log.info("job %s (slot %s) ok in %.2fs: %s", job.name, f"{slot:%Y-%m-%d %H:%M} UTC",
                      time.monotonic() - started, outcome)
+
+    def _save_handled(self, job: SlotJob) -> None:
+        if job.handled is not None:
+            self.app.store().set_meta(f"scheduler.{job.name}.handled", job.handled.isoformat())
 
     def _load_handled(self, name: str) -> dt.datetime | None:
         raw = self.app.store().get_meta(f"scheduler.{name}.handled")
