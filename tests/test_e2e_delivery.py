@@ -60,7 +60,8 @@ alerts:
   to: ["slack:#alerts"]
   repeat_every: 24h
   rules:
-    - {{kind: low_credits, below_usd: 1000000, name: credits}}
+    - {{kind: low_credits, below_usd: 1000000, name: credits,
+       to: ["slack:#alerts", "email:oncall@example.com"]}}
     - {{kind: key_limit, below_percent: 101, name: limits}}
 """)
     monkeypatch.chdir(tmp_path)
@@ -190,6 +191,10 @@ def test_alert_lifecycle_in_slack_threads(world) -> None:
     assert ("fire", "credits") in actions and ("fire", "limits") in actions
     credit_posts = [p for p in slack.posts if "Low credits" in slack_text(p)]
     assert len(credit_posts) == 1 and "thread_ts" not in credit_posts[0]
+    [mail] = world["smtp"].messages
+    assert mail.rcpt_tos == ["oncall@example.com"]
+    assert mail.message["Subject"].startswith("Alert: OpenRouter credits are low")
+    assert "openrouter.ai/settings/credits" in mail.message.get_body(("plain",)).get_content()
     first_ts = credit_posts[0]["ts"]
     limit_text = "\n".join(slack_text(p) for p in slack.posts)
     assert "&lt;!channel&gt;" in limit_text and "<!channel>" not in limit_text
@@ -220,7 +225,10 @@ def test_alert_while_slack_is_down_is_delivered_at_next_check(world) -> None:
     slack = world["slack"]
     slack.fail_next("chat.postMessage", 503, n=100)
     results = run_alerts(alerts_app(world, NOW))
-    assert results and all(o.status == "failed" for _, outs in results for o in outs)
+    outcomes = [o for _, outs in results for o in outs]
+    assert results and all(o.status == "failed" for o in outcomes if o.destination.startswith(
+        "slack:"))
+    assert [o.status for o in outcomes if o.destination.startswith("email:")] == ["sent"]
     assert slack.posts == []
     slack._faults.clear()
     assert run_alerts(alerts_app(world, NOW + dt.timedelta(minutes=15))) == []
@@ -256,3 +264,16 @@ def test_check_reports_each_connection(world, capsys) -> None:
     code, out, _ = cli(capsys, "check")
     assert code == 1 and "FAIL  OpenRouter" in out and "management" in out
     assert MANAGEMENT_KEY not in out and PASSWORD not in out
+
+
+def test_credits_added_since_the_last_digest(world, capsys) -> None:
+    code, _, _ = cli(capsys, "send", "daily", "--date", str(YESTERDAY - dt.timedelta(days=1)),
+                     "--to", "slack:#ops")
+    assert code == 0
+    world["or"].credits = dict(world["or"].credits,
+                               total_credits=world["or"].credits["total_credits"] + 100)
+    code, _, _ = cli(capsys, "send", "daily", "--to", "slack:#ops")
+    assert code == 0
+    first, second = world["slack"].posts
+    assert "Credits added" not in slack_text(first)
+    assert "Credits added since the last digest: *$100.00*" in slack_text(second)
