@@ -253,3 +253,21 @@ def test_python_dash_m_and_no_traceback_in_subprocess(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert proc.stderr.startswith("openrouter-usage: error: no OpenRouter key")
     assert "Traceback" not in proc.stderr
+
+
+def test_progress_bar_only_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    from bot.cli import progress_bar
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    assert progress_bar("x", quiet=False) is None  # pytest's stderr is not a terminal
+    tty = Tty()
+    monkeypatch.setattr(sys, "stderr", tty)
+    assert progress_bar("x", quiet=True) is None
+    show = progress_bar("Fetching", quiet=False)
+    assert show is not None
+    show(1, 4)
+    show(4, 4)
+    assert "\rFetching [" in tty.getvalue() and "4/4\n" in tty.getvalue()

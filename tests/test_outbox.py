@@ -94,6 +94,11 @@ def test_gives_up_after_max_age(box) -> None:
     assert outcome.status == "given up" and not outcome.ok
     assert "service unavailable" in outcome.detail
     assert transports.sent == [] and store.outbox_due() == []
+    again = outbox.submit("daily", "2026-11-24", "slack:#ops", MSG, T0 + dt.timedelta(hours=26))
+    assert again.status == "given up" and "--force" in again.detail and transports.sent == []
+    forced = outbox.submit("daily", "2026-11-24", "slack:#ops", MSG, T0 + dt.timedelta(hours=26),
+                           force=True)
+    assert forced.status == "sent" and len(transports.sent) == 1
 
 
 def test_thread_options_are_kept(box) -> None:

@@ -211,6 +211,9 @@ class Outbox:
         if existing is not None and existing.status == "sent" and not force:
             return Outcome(destination, "already sent", f"at {existing.sent_at:%Y-%m-%d %H:%M} UTC"
                            if existing.sent_at else "", existing.ref or "")
+        if existing is not None and existing.status == "given_up" and not force:
+            return Outcome(destination, "given up", f"earlier ({existing.last_error}); "
+                           "use --force to send it anyway", "", job, period)
         delivery = self.store.outbox_put(job, period, destination, encode(msg, options), now,
                                          force=force)
         return self.attempt(delivery, now)
