@@ -625,19 +625,26 @@ class Store:
                 )
             return self._delivery(old.id)
 
-    def outbox_begin(self, delivery_id: int, now: dt.datetime) -> bool:
-        """Mark an attempt as started (committed before the network call).
+    def outbox_begin(
+        self,
+        delivery_id: int,
+        now: dt.datetime,
+        stale_after: dt.timedelta = dt.timedelta(minutes=10),
+    ) -> bool:
+        """Claim a delivery for one attempt (committed before the network call).
 
-        Returns False, changing nothing, if the delivery is no longer pending or sending
-        (someone else sent it or gave up on it meanwhile).
+        Only a pending delivery, or one left "sending" for longer than `stale_after` (its
+        sender crashed), can be claimed; returns False, changing nothing, otherwise: another
+        process is sending it right now, sent it, or gave up on it.
         """
         ts = _ts(now)
         with _write(self.conn):
             cur = self.conn.execute(
                 "UPDATE deliveries SET status = 'sending', attempts = attempts + 1, "
                 "last_attempt_at = ?, updated_at = ? "
-                "WHERE id = ? AND status IN ('pending', 'sending')",
-                (ts, ts, delivery_id),
+                "WHERE id = ? AND (status = 'pending' OR "
+                "(status = 'sending' AND (last_attempt_at IS NULL OR last_attempt_at <= ?)))",
+                (ts, ts, delivery_id, _ts(now - stale_after)),
             )
             return cur.rowcount == 1
 

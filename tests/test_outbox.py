@@ -80,7 +80,11 @@ def test_crash_between_begin_and_sent_is_redelivered(box) -> None:
     delivery = store.outbox_put("weekly", "p", "slack:#ops", encode(MSG), T0)
     assert store.outbox_begin(delivery.id, T0)  # ... and the process died here
     assert [d.status for d in store.outbox_due()] == ["sending"]
+    # minutes later it may still be another process's slow send: left alone
     [outcome] = outbox.flush(T0 + dt.timedelta(minutes=5))
+    assert outcome.status == "in progress" and outcome.ok and transports.sent == []
+    # once stale, the crashed attempt is delivered
+    [outcome] = outbox.flush(T0 + dt.timedelta(minutes=11))
     assert outcome.status == "sent" and len(transports.sent) == 1
     assert outbox.submit("weekly", "p", "slack:#ops", MSG, T0).status == "already sent"
 

@@ -301,6 +301,10 @@ def test_outbox_crash_mid_send_is_due(tmp_path: Path) -> None:
     assert [(x.id, x.status) for x in due] == [(old.id, "pending"), (d.id, "sending")]
     again = Store(conn).outbox_put("daily", "2024-05-30", "slack:#spend", '{"new": 1}', T0)
     assert (again.status, again.payload) == ("sending", "{}")  # may have gone out: kept
+    # a second process cannot claim it while the first may still be sending...
+    assert not Store(conn).outbox_begin(d.id, T0 + dt.timedelta(minutes=1))
+    # ...but can once the attempt is stale (its sender crashed)
+    assert Store(conn).outbox_begin(d.id, T0 + dt.timedelta(minutes=10))
     conn.close()
 
 

@@ -3,9 +3,10 @@
 Every message is stored (as JSON) under its idempotency key (job, period, destination) before
 it is sent. The row is marked ``sending`` and committed before the network call and ``sent``
 after it, so a crash loses nothing: a row left ``pending`` or ``sending`` is delivered on the
-next run. The one window for a duplicate is a crash after the provider accepted the message
-and before ``sent`` was committed (milliseconds); e-mail retries reuse the same Message-ID so
-mail clients fold such a duplicate.
+next run (a ``sending`` row once it is ten minutes old, so a slow sender in another process
+is not raced). The one window for a duplicate is a crash after the provider accepted the
+message and before ``sent`` was committed (milliseconds); e-mail retries reuse the same
+Message-ID so mail clients fold such a duplicate.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ class Outcome:
 
     @property
     def ok(self) -> bool:
-        return self.status in ("sent", "already sent", "dry run", "skipped")
+        return self.status in ("sent", "already sent", "in progress", "dry run", "skipped")
 
     def line(self) -> str:
         return f"{self.destination}: {self.status}" + (f" ({self.detail})" if self.detail else "")
@@ -234,7 +235,8 @@ class Outbox:
             msg_id = message_id(delivery.job, delivery.period, delivery.destination,
                                 str(delivery.created_at), self.transports.config.email.sender)
         if not self.store.outbox_begin(delivery.id, now):
-            return Outcome(delivery.destination, "already sent", "by another run", "",
+            return Outcome(delivery.destination, "in progress",
+                           "another run is sending it or has just sent it", "",
                            delivery.job, delivery.period)
         try:
             ref = self.transports.send(delivery.destination, msg, options, now, msg_id)
