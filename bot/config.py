@@ -463,6 +463,16 @@ def _rule(data: Any, index: int, path: str) -> AlertRule:
     return rule
 
 
+def require_transport(cfg: Config, dest: str, where: str) -> None:
+    """A destination needs its transport configured (a bot token, a webhook, SMTP)."""
+    if dest == "slack:webhook" and not cfg.slack.webhook_url:
+        raise ConfigError(f"{where}: slack:webhook needs slack.webhook_url")
+    if dest.startswith("slack:") and dest != "slack:webhook" and not cfg.slack.token:
+        raise ConfigError(f"{where}: {dest} needs slack.token (a bot token)")
+    if dest.startswith("email:") and not (cfg.email.host and cfg.email.sender):
+        raise ConfigError(f"{where}: e-mail destinations need email.host and email.from")
+
+
 def _check_destinations(cfg: Config) -> None:
     """Destinations must have the transport they need configured."""
     places = [
@@ -472,10 +482,4 @@ def _check_destinations(cfg: Config) -> None:
     ] + [(f"alerts.rules[{r.index}].to", r.to) for r in cfg.alerts.rules]
     for path, dests in places:
         for i, dest in enumerate(dests):
-            where = f"{path}[{i}]"
-            if dest == "slack:webhook" and not cfg.slack.webhook_url:
-                raise ConfigError(f"{where}: slack:webhook needs slack.webhook_url")
-            if dest.startswith("slack:") and dest != "slack:webhook" and not cfg.slack.token:
-                raise ConfigError(f"{where}: {dest} needs slack.token (a bot token)")
-            if dest.startswith("email:") and not (cfg.email.host and cfg.email.sender):
-                raise ConfigError(f"{where}: e-mail destinations need email.host and email.from")
+            require_transport(cfg, dest, f"{path}[{i}]")

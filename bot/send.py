@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from bot import compute
 from bot.compute import DAY
-from bot.config import validate_destination
+from bot.config import require_transport, validate_destination
 from bot.deliver.outbox import Message, Outbox, Outcome, Transports
 from bot.digest import DailyDigest, WeeklyReport, build_daily, build_weekly
 from bot.errors import ConfigError
@@ -185,7 +185,8 @@ def send_command(app: App, args: argparse.Namespace) -> int:
     if not destinations:
         raise ConfigError(f"reports.{job}.to: no destinations; configure some or pass --to DEST")
     for i, dest in enumerate(destinations):
-        validate_destination(dest, f"--to[{i}]" if args.to else f"reports.{job}.to[{i}]")
+        where = f"--to {dest}" if args.to else f"reports.{job}.to[{i}]"
+        require_transport(app.config, validate_destination(dest, where), where)
     now = app.now()
     day = parse_day(args.date, "--date") if args.date else default_day(job, now)
     outbox = Outbox(app.store(), Transports(app.config), app.config.delivery_max_age)

@@ -160,9 +160,14 @@ def test_date_days_and_range(org: FakeOpenRouter, capsys) -> None:
         (["report", "--from", "2026-02-02", "--to", "2026-02-01"], "is after --to"),
         (["--config", "missing.yaml", "report"], "cannot read config file"),
         (["send", "daily"], "no config file"),
+        (["--config", "c.yaml", "send", "daily", "--to", "slack:#ops"],
+         "--to slack:#ops: slack:#ops needs slack.token"),
+        (["--config", "c.yaml", "send", "daily", "--to", "pager:me"],
+         "--to pager:me: expected a destination"),
     ],
 )
 def test_usage_errors_exit_2_with_one_line(org, capsys, argv: list[str], message: str) -> None:
+    Path("c.yaml").write_text("timezone: UTC\n")
     code, out, err = run(capsys, *argv)
     assert code == 2
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
