@@ -23,17 +23,17 @@ def build_parser() -> argparse.ArgumentParser:
         description="Watch an OpenRouter account's spending: reports, digests and alerts.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument(
-        "--config",
-        metavar="PATH",
-        help="YAML config (default: $OPENROUTER_USAGE_CONFIG, else ./config.yaml if present)",
-    )
-    noise = parser.add_mutually_exclusive_group()
-    noise.add_argument("-v", "--verbose", action="store_true", help="debug logging, tracebacks")
-    noise.add_argument("-q", "--quiet", action="store_true", help="only errors")
+    _global_options(parser, argparse.SUPPRESS)
+    parser.set_defaults(config=None, verbose=False, quiet=False)
+    # the global options are accepted after the command too (`report -v`)
+    common = argparse.ArgumentParser(add_help=False)
+    _global_options(common, argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    rep = sub.add_parser("report", help="spend by model, provider, date and key")
+    def add(name: str, help: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, parents=[common])
+
+    rep = add("report", "spend by model, provider, date and key")
     when = rep.add_mutually_exclusive_group()
     when.add_argument("--date", metavar="D", help="one UTC day, YYYY-MM-DD")
     when.add_argument("--days", metavar="N", type=int, help="the last N completed UTC days")
@@ -45,22 +45,33 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--no-credits", action="store_true", help="skip the credits balance")
     rep.add_argument("--by-key", action="store_true", help="also break spend down by API key")
 
-    send = sub.add_parser("send", help="build and deliver the daily digest or weekly report")
+    send = add("send", "build and deliver the daily digest or weekly report")
     send.add_argument("job", choices=["daily", "weekly"])
     send.add_argument("--date", metavar="D", help="the (last) UTC day to report on")
-    send.add_argument("--to", metavar="DEST", action="append", help="destination (repeatable)")
+    send.add_argument("--to", metavar="DEST", action="extend", nargs="+",
+                      help="destinations instead of the configured ones")
     send.add_argument("--dry-run", action="store_true", help="print what would be sent")
     send.add_argument("--force", action="store_true", help="send even if already sent")
 
-    alerts = sub.add_parser("alerts", help="evaluate alert rules once and deliver what changed")
+    alerts = add("alerts", "evaluate alert rules once and deliver what changed")
     alerts.add_argument("--dry-run", action="store_true", help="show, change no state")
 
-    sub.add_parser("sync", help="store credits, activity and keys in the local history")
-    sub.add_parser("run", help="the daemon: scheduled sync, digests, reports and alerts")
-    sub.add_parser("check", help="validate config and test each connection")
-    demo = sub.add_parser("demo", help="digest and report from bundled sample data")
+    add("sync", "store credits, activity and keys in the local history")
+    add("run", "the daemon: scheduled sync, digests, reports and alerts")
+    add("check", "validate config and test each connection")
+    demo = add("demo", "report, digest and weekly e-mail from bundled sample data")
     demo.add_argument("--out", metavar="DIR", default="out", help="where to write the e-mail HTML")
     return parser
+
+
+def _global_options(parser: argparse.ArgumentParser, default: str | None) -> None:
+    parser.add_argument("--config", metavar="PATH", default=default, help="YAML config "
+                        "(default: $OPENROUTER_USAGE_CONFIG, else ./config.yaml if present)")
+    noise = parser.add_mutually_exclusive_group()
+    noise.add_argument("-v", "--verbose", action="store_true", default=default,
+                       help="debug logging, tracebacks")
+    noise.add_argument("-q", "--quiet", action="store_true", default=default,
+                       help="only errors")
 
 
 class _Redactor(logging.Filter):

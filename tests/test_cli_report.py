@@ -177,6 +177,12 @@ def test_argparse_errors_exit_2(org, capsys) -> None:
     assert run(capsys, "report", "--json", "--csv")[0] == 2
     assert run(capsys, "frobnicate")[0] == 2
     assert run(capsys, "--help")[0] == 0
+    assert run(capsys, "-v", "-q", "report")[0] == 2
+
+
+def test_global_options_after_the_command(org, capsys) -> None:
+    code, out, err = run(capsys, "report", "--json", "-q")
+    assert code == 0 and err == "" and json.loads(out)["credits"]
 
 
 def test_no_key_is_a_config_error(org, capsys, monkeypatch) -> None:
