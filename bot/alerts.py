@@ -177,15 +177,14 @@ def run_alerts(app: App, *, dry_run: bool = False) -> list[tuple[Event, list[Out
 
 def _record_threads(store: Store, outcomes: list[Outcome]) -> None:
     """Remember the Slack ts of each alert's first message, for threading what follows."""
-    states = {(s.rule_id, s.subject): _to_state(s) for s in store.alert_all()}
+    states = {f"{s.rule_id}|{s.subject}": _to_state(s) for s in store.alert_all()}
     for o in outcomes:
         if o.job != JOB or o.status != "sent" or not o.destination.startswith("slack:"):
             continue
-        if not o.ref:
-            continue
-        rule_id, subject, since, action, _ = o.period.split("|")
-        st = states.get((rule_id, subject))
-        if action != "fire" or st is None or st.status != "firing":
+        # names may contain "|": the fixed-format fields are split off the right
+        alert, since, action, _ = o.period.rsplit("|", 3)
+        st = states.get(alert)
+        if not o.ref or action != "fire" or st is None or st.status != "firing":
             continue
         if st.since.astimezone(dt.UTC).strftime("%Y%m%dT%H%M%SZ") == since:
             st.threads[o.destination] = o.ref

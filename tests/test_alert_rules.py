@@ -158,3 +158,21 @@ def test_low_credits_edges(remaining: str) -> None:
 
 def test_exactly_at_threshold_is_not_firing() -> None:
     assert not one(LOW, inputs(remaining="50")).firing
+
+
+def test_thread_of_a_retried_first_message_is_recorded_even_with_pipes_in_names() -> None:
+    from bot.alerts import Event, _record_threads, period
+    from bot.deliver.outbox import Outcome
+    from bot.store import AlertState, Store, connect
+
+    store = Store(connect(":memory:"))
+    store.alert_put(AlertState(rule_id="spend|big", subject="odd|model", status="firing",
+                               value="$60", since=T0, last_notified_at=T0))
+    rule = AlertRule(kind="model_spend", index=0, above_usd=1.0, name="spend|big")
+    [obs] = evaluate(rule, inputs(rows=[row("2026-11-24", model="odd|model", usage="60")]),
+                     MARGIN)
+    state = State("spend|big", "odd|model", "firing", "$60", T0, T0, {})
+    key = period(Event("fire", obs, state))
+    _record_threads(store, [Outcome("slack:#a", "sent", "", "123.456", "alert", key)])
+    [saved] = store.alert_all()
+    assert saved.threads == {"slack:#a": "123.456"}
