@@ -5,16 +5,18 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import sys
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import pytest
+
+from tests.loopback import LoopbackServer, serving
 
 MANAGEMENT_KEY = "sk-or-v1-fake-management-key-7f3a9c1e5b2d4f6a8c0e"
 PREFIX = "/api/v1"
@@ -343,32 +345,23 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(raw)
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
+class _Server(LoopbackServer):
+    fake: FakeOpenRouter
 
-    def __init__(self, fake: FakeOpenRouter) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.fake = fake
 
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # a client that timed out and hung up is not the fake's problem
-        if not isinstance(sys.exc_info()[1], ConnectionError):
-            super().handle_error(request, client_address)
+@contextmanager
+def running(fake: FakeOpenRouter) -> Iterator[FakeOpenRouter]:
+    """Serve `fake` on loopback (``.base_url`` is set) until the block ends."""
+    with serving(_Server(_Handler, fake)) as server:
+        fake.base_url = server.root + PREFIX
+        try:
+            yield fake
+        finally:
+            fake.stopping.set()  # wake requests the fake is holding back
 
 
 @pytest.fixture
 def fake_openrouter() -> Iterator[FakeOpenRouter]:
     """A running fake OpenRouter serving `sample_org()`; point a client at ``.base_url``."""
-    fake = FakeOpenRouter()
-    server = _Server(fake)
-    fake.base_url = f"http://127.0.0.1:{server.server_address[1]}{PREFIX}"
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01})
-    thread.daemon = True
-    thread.start()
-    try:
+    with running(FakeOpenRouter()) as fake:
         yield fake
-    finally:
-        fake.stopping.set()
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import json
-import sys
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import pytest
+
+from tests.loopback import LoopbackServer, serving
 
 VALID_TOKEN = "xoxb-test-token"
 WEBHOOK_PATH = "/webhook/T0001/B0001/XXXXSECRET"
@@ -323,34 +324,16 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self, fake: FakeSlack) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.fake = fake
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # a client that timed out or gave up is not the fake's problem
-        if not isinstance(sys.exc_info()[1], ConnectionError):
-            super().handle_error(request, client_address)
+class _Server(LoopbackServer):
+    fake: FakeSlack
 
 
 @pytest.fixture
 def fake_slack() -> Iterator[FakeSlack]:
     """A running fake Slack; ``.base_url`` for WebClient, ``.webhook_url`` for WebhookClient."""
     fake = FakeSlack()
-    server = _Server(fake)
-    port = server.server_address[1]
-    fake.root = f"http://127.0.0.1:{port}"
-    fake.base_url = f"{fake.root}/api/"
-    fake.webhook_url = f"{fake.root}{WEBHOOK_PATH}"
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.daemon = True
-    thread.start()
-    try:
+    with serving(_Server(_Handler, fake), poll=0.05) as server:
+        fake.root = server.root
+        fake.base_url = f"{fake.root}/api/"
+        fake.webhook_url = f"{fake.root}{WEBHOOK_PATH}"
         yield fake
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)

@@ -1,0 +1,43 @@
+"""Runs a fake HTTP service on 127.0.0.1 in a thread, for the fakes the tests start."""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+class LoopbackServer(ThreadingHTTPServer):
+    """A threading HTTP server on a free loopback port, carrying the fake it serves."""
+
+    daemon_threads = True
+
+    def __init__(self, handler: type[BaseHTTPRequestHandler], fake: Any) -> None:
+        super().__init__(("127.0.0.1", 0), handler)
+        self.fake = fake
+
+    @property
+    def root(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # a client that timed out and hung up is not the fake's problem
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
+@contextmanager
+def serving(server: LoopbackServer, poll: float = 0.01) -> Iterator[LoopbackServer]:
+    """Serve until the block ends, then shut down and close the socket."""
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": poll})
+    thread.daemon = True
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
