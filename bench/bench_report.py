@@ -106,19 +106,15 @@ def run_cli(base_url: str, state: str) -> tuple[float, float, dict[str, Any]]:
     started = time.perf_counter()
     proc = subprocess.Popen([exe, "report", "--json", "--by-key"], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, env=env, cwd=state)
-    out, err = proc.communicate()
-    _, status, usage = os.wait4(proc.pid, 0) if proc.returncode is None else (0, 0, None)
+    assert proc.stdout is not None and proc.stderr is not None
+    out = proc.stdout.read()  # stderr stays small: no progress bar on a pipe
+    err = proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)  # this child's own peak RSS
+    proc.returncode = os.waitstatus_to_exitcode(status)
     elapsed = time.perf_counter() - started
     if proc.returncode != 0:
         raise SystemExit(f"CLI failed: {err.decode()}")
-    rss = usage.ru_maxrss / 1024 if usage else peak_children_rss()
-    return elapsed, rss, json.loads(out)
-
-
-def peak_children_rss() -> float:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    return elapsed, usage.ru_maxrss / 1024, json.loads(out)
 
 
 def scenario(n_keys: int, latency: float, limit: float | None,

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
+import socket
 import sys
+import uuid
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
@@ -19,7 +22,7 @@ from bot.alert_rules import Inputs, Observation, State, evaluate, step
 from bot.compute import DAY
 from bot.config import AlertRule
 from bot.deliver.outbox import Outbox, Outcome, Transports
-from bot.errors import ConfigError
+from bot.errors import BotError, ConfigError
 
 if TYPE_CHECKING:
     from bot.app import App
@@ -29,6 +32,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 JOB = "alert"
+# one alerts run at a time per database (cron and a daemon may overlap)
+LEASE = "alerts"
+LEASE_TTL = dt.timedelta(minutes=5)
 
 
 @dataclass(frozen=True)
@@ -134,12 +140,27 @@ def render(renderer: Renderer, event: Event, dest: str, repeat_every: dt.timedel
 
 def run_alerts(app: App, *, dry_run: bool = False) -> list[tuple[Event, list[Outcome]]]:
     """Evaluate once and deliver what changed; returns each event with its outcomes."""
+    if not app.config.alerts.rules:
+        raise ConfigError("alerts.rules: no rules configured")
+    now = app.now()
+    store = app.store()
+    if dry_run:
+        return _evaluate_and_deliver(app, now, dry_run=True)
+    holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    if not store.lease_acquire(LEASE, holder, now, LEASE_TTL):
+        raise BotError("another alerts run is in progress (its lease is held); try again shortly")
+    try:
+        return _evaluate_and_deliver(app, now, dry_run=False)
+    finally:
+        store.lease_release(LEASE, holder)
+
+
+def _evaluate_and_deliver(
+    app: App, now: dt.datetime, *, dry_run: bool
+) -> list[tuple[Event, list[Outcome]]]:
     from bot.render import Renderer
 
     cfg = app.config.alerts
-    if not cfg.rules:
-        raise ConfigError("alerts.rules: no rules configured")
-    now = app.now()
     store = app.store()
     outbox = Outbox(store, Transports(app.config), app.config.delivery_max_age)
     if not dry_run:

@@ -277,3 +277,16 @@ def test_credits_added_since_the_last_digest(world, capsys) -> None:
     first, second = world["slack"].posts
     assert "Credits added" not in slack_text(first)
     assert "Credits added since the last digest: *$100.00*" in slack_text(second)
+
+
+def test_overlapping_alert_runs_do_not_both_notify(world) -> None:
+    from bot.alerts import LEASE, run_alerts
+    from bot.errors import BotError
+
+    app = alerts_app(world, NOW)
+    assert app.store().lease_acquire(LEASE, "another-run", NOW, dt.timedelta(minutes=5))
+    with pytest.raises(BotError, match="another alerts run is in progress"):
+        run_alerts(app)
+    assert world["slack"].posts == []
+    app.store().lease_release(LEASE, "another-run")
+    assert run_alerts(app) and world["slack"].posts
