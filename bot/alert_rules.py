@@ -37,6 +37,7 @@ class Observation:
     advice: str  # what to do
     title: str = ""  # what the alert is about, e.g. "Low credits"
     link: str = ""  # where to act (a trusted OpenRouter URL)
+    note: str = ""  # why it cleared, when not by its value (the subject went away)
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ import sys
 import uuid
 from dataclasses import dataclass
 from decimal import Decimal
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bot import compute
@@ -23,6 +24,7 @@ from bot.compute import DAY
 from bot.config import AlertRule
 from bot.deliver.outbox import Outbox, Outcome, Transports
 from bot.errors import BotError, ConfigError
+from bot.send import print_dry_run
 
 if TYPE_CHECKING:
     from bot.app import App
@@ -61,11 +63,18 @@ def _save(store: Store, state: State, now: dt.datetime) -> None:
     ))
 
 
-def gone(rule: AlertRule, state: State) -> Observation:
+GONE = {
+    "key_limit": "the key is disabled, deleted or no longer has a limit",
+    "model_spend": "the model was not used on the latest day",
+}
+
+
+def gone(rule: AlertRule, state: State, name: str) -> Observation:
     """A firing subject that is no longer observed (model unused, key removed) has cleared."""
-    return Observation(rule, state.subject, state.subject, "no longer observed", "", False, True,
-                       "Condition no longer observed", "Nothing to do.",
-                       f"{rule.kind.replace('_', ' ').capitalize()}: {state.subject}")
+    kind = rule.kind.replace("_", " ").capitalize()
+    return Observation(rule, state.subject, name, "no longer observed", "", False, True,
+                       f"{kind}: {name} is no longer observed", "Nothing to do.",
+                       f"{kind}: {name}", note=GONE.get(rule.kind, "no longer observed"))
 
 
 def plan(
@@ -80,11 +89,12 @@ def plan(
     """Pure: the notifications due now and every alert's next state."""
     events: list[Event] = []
     next_states: list[State] = []
+    names = {k.hash: k.display_name for k in data.keys}
     for rule in rules:
         observed = {o.subject: o for o in evaluate(rule, data, margin)}
         for (rule_id, subject), st in states.items():
             if rule_id == rule.id and subject not in observed and st.status == "firing":
-                observed[subject] = gone(rule, st)
+                observed[subject] = gone(rule, st, names.get(subject, subject[:12]))
         for subject, obs in observed.items():
             before = states.get((rule.id, subject))
             after, action = step(before, obs, now, repeat_every)
@@ -97,22 +107,20 @@ def plan(
     return events, next_states
 
 
-def gather_inputs(app: App, now: dt.datetime) -> Inputs:
-    """Fetch credits, keys and activity once (and keep them in history)."""
+def gather_inputs(app: App, now: dt.datetime, *, save: bool = True) -> Inputs:
+    """Fetch credits, keys and activity once (and keep them in history unless `save` is off)."""
     with app.client() as client:
         snap = client.snapshot(now=now, credits=True, keys=True, per_key=False)
-    store = app.store()
-    store.save_snapshot(snap)
+    if save:
+        app.store().save_snapshot(snap)
     day = compute.latest_complete_day(now)
-    rows = store.activity(day - DAY * 7, day, "")
+    rows = compute.in_range(snap.activity, day - DAY * 7, day)
     return Inputs(as_of=now, day=day, credits=snap.credits, keys=snap.keys, rows=rows)
 
 
 def destinations(app: App, rule: AlertRule) -> list[str]:
-    dests = list(rule.to or app.config.alerts.to)
-    if not dests:
-        raise ConfigError(f"alerts.rules[{rule.index}].to: no destinations (set alerts.to)")
-    return dests
+    """The rule's own destinations, else the alerts' (config validation ensures one)."""
+    return list(rule.to or app.config.alerts.to)
 
 
 def period(event: Event) -> str:
@@ -143,9 +151,9 @@ def run_alerts(app: App, *, dry_run: bool = False) -> list[tuple[Event, list[Out
     if not app.config.alerts.rules:
         raise ConfigError("alerts.rules: no rules configured")
     now = app.now()
-    store = app.store()
     if dry_run:
         return _evaluate_and_deliver(app, now, dry_run=True)
+    store = app.store()
     holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     if not store.lease_acquire(LEASE, holder, now, LEASE_TTL):
         raise BotError("another alerts run is in progress (its lease is held); try again shortly")
@@ -161,15 +169,15 @@ def _evaluate_and_deliver(
     from bot.render import Renderer
 
     cfg = app.config.alerts
-    store = app.store()
-    outbox = Outbox(store, Transports(app.config), app.config.delivery_max_age)
-    if not dry_run:
+    store = app.existing_store() if dry_run else app.store()
+    if store is not None and not dry_run:
+        outbox = Outbox(store, Transports(app.config), app.config.delivery_max_age)
         retried = outbox.flush(now, jobs=(JOB,))
         for outcome in retried:
             log.info("retried alert delivery: %s", outcome.line())
         _record_threads(store, retried)
-    data = gather_inputs(app, now)
-    states = {(s.rule_id, s.subject): _to_state(s) for s in store.alert_all()}
+    data = gather_inputs(app, now, save=not dry_run)
+    states = {(s.rule_id, s.subject): _to_state(s) for s in store.alert_all()} if store else {}
     events, next_states = plan(cfg.rules, data, states, now=now, repeat_every=cfg.repeat_every,
                                margin=Decimal(str(cfg.hysteresis_percent)) / 100)
     renderer = Renderer(app.config.templates_dir)
@@ -179,21 +187,35 @@ def _evaluate_and_deliver(
         for dest in destinations(app, event.obs.rule):
             msg = render(renderer, event, dest, cfg.repeat_every)
             if dry_run:
+                print_dry_run(f"alert {event.action} {event.obs.rule.id}", "alert", dest, msg,
+                              Path("out"))
                 outcomes.append(Outcome(dest, "dry run"))
                 continue
-            thread = event.state.threads.get(dest)
-            options: dict[str, Any] = {}
-            if event.action != "fire" and thread and dest.startswith("slack:"):
-                options = {"thread_ts": thread, "reply_broadcast": event.action == "resolve"}
-            outcome = outbox.submit(JOB, period(event), dest, msg, now, options=options)
+            assert store is not None
+            outcome = outbox.submit(JOB, period(event), dest, msg, now,
+                                    options=_thread_options(event, dest))
             if event.action == "fire" and outcome.status == "sent" and outcome.ref:
                 event.state.threads[dest] = outcome.ref
             outcomes.append(outcome)
+        if not dry_run:  # saved as soon as its messages are in the outbox
+            assert store is not None
+            _save(store, event.state, now)
         results.append((event, outcomes))
     if not dry_run:
+        assert store is not None
+        notified = {(e.state.rule_id, e.state.subject) for e in events}
         for st in next_states:
-            _save(store, st, now)
+            if (st.rule_id, st.subject) not in notified:
+                _save(store, st, now)
     return results
+
+
+def _thread_options(event: Event, dest: str) -> dict[str, Any]:
+    """Repeats and resolutions go into the first Slack message's thread."""
+    thread = event.state.threads.get(dest)
+    if event.action == "fire" or not thread or not dest.startswith("slack:"):
+        return {}
+    return {"thread_ts": thread, "reply_broadcast": event.action == "resolve"}
 
 
 def _record_threads(store: Store, outcomes: list[Outcome]) -> None:

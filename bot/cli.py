@@ -124,7 +124,7 @@ def make_app(args: argparse.Namespace, *, need_config: bool) -> App:
             "no config file: pass --config PATH, set OPENROUTER_USAGE_CONFIG, or create "
             "./config.yaml (see config.example.yaml)"
         )
-    app = App(config=load_config(path, env), env=env)
+    app = App(config=load_config(path, env, strict=need_config), env=env)
     REDACTOR.secrets = app.secrets()
     return app
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import re
+import types
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -216,6 +217,24 @@ class _Section:
             raise ConfigError(f"{self.at(unknown[0])}: unknown option")
 
 
+class EnvValue(str):
+    """A whole option value taken from one ${VAR}: text that numeric and boolean options
+    may read as their type (`port: ${SMTP_PORT}`)."""
+
+
+def _from_env(value: Any, path: str, kind: type | types.UnionType) -> Any:
+    """The typed value of an EnvValue, or `value` unchanged for a literal from the YAML."""
+    if not isinstance(value, EnvValue):
+        return value
+    import yaml
+
+    try:
+        typed = yaml.safe_load(value)
+    except yaml.YAMLError:
+        return value
+    return typed if isinstance(typed, kind) else value
+
+
 def _str(value: Any, path: str) -> str:
     if not isinstance(value, str):
         raise ConfigError(f"{path}: expected a string")
@@ -223,12 +242,14 @@ def _str(value: Any, path: str) -> str:
 
 
 def _bool(value: Any, path: str) -> bool:
+    value = _from_env(value, path, bool)
     if not isinstance(value, bool):
         raise ConfigError(f"{path}: expected true or false")
     return value
 
 
 def _number(value: Any, path: str) -> float:
+    value = _from_env(value, path, int | float)
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ConfigError(f"{path}: expected a number")
     if value < 0:
@@ -236,7 +257,15 @@ def _number(value: Any, path: str) -> float:
     return float(value)
 
 
+def _seconds(value: Any, path: str) -> float:
+    number = _number(value, path)
+    if number <= 0:
+        raise ConfigError(f"{path}: expected a number of seconds above 0")
+    return number
+
+
 def _positive_int(value: Any, path: str) -> int:
+    value = _from_env(value, path, int)
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigError(f"{path}: expected a whole number of at least 1")
     return value
@@ -286,23 +315,32 @@ def _clock(value: Any, path: str) -> dt.time:
 # --- interpolation ---------------------------------------------------------------------------
 
 
-def _interpolate(value: Any, env: Mapping[str, str], path: str) -> Any:
-    """Replace ${VAR} in every string of the loaded YAML; an unset variable is an error."""
+def _interpolate(value: Any, env: Mapping[str, str], path: str, strict: bool = True) -> Any:
+    """Replace ${VAR} in every string of the loaded YAML.
+
+    A value that is exactly one ``${VAR}`` becomes an EnvValue, which numeric and boolean
+    options read as their type (so ``port: ${SMTP_PORT}`` is a number). An unset variable is
+    an error, or with ``strict=False`` (commands that do not need the option) leaves the
+    option unset.
+    """
     if isinstance(value, dict):
         return {
-            k: _interpolate(v, env, f"{path}.{k}" if path else str(k)) for k, v in value.items()
+            k: _interpolate(v, env, f"{path}.{k}" if path else str(k), strict)
+            for k, v in value.items()
         }
     if isinstance(value, list):
-        return [_interpolate(v, env, f"{path}[{i}]") for i, v in enumerate(value)]
-    if isinstance(value, str):
-
-        def sub(m: re.Match[str]) -> str:
-            if m.group(1) not in env:
-                raise ConfigError(f"{path}: environment variable {m.group(1)} is not set")
-            return env[m.group(1)]
-
-        return _VAR.sub(sub, value)
-    return value
+        return [_interpolate(v, env, f"{path}[{i}]", strict) for i, v in enumerate(value)]
+    if not isinstance(value, str):
+        return value
+    missing = [name for name in _VAR.findall(value) if name not in env]
+    if missing:
+        if strict:
+            raise ConfigError(f"{path}: environment variable {missing[0]} is not set")
+        return None
+    whole = _VAR.fullmatch(value)
+    if whole:
+        return EnvValue(env[whole.group(1)])
+    return _VAR.sub(lambda m: env[m.group(1)], value)
 
 
 # --- loading ---------------------------------------------------------------------------------
@@ -321,8 +359,15 @@ def find_config_path(explicit: str | None, env: Mapping[str, str]) -> Path | Non
 def load_config(
     path: str | os.PathLike[str] | None = None,
     env: Mapping[str, str] | None = None,
+    *,
+    strict: bool = True,
 ) -> Config:
-    """Read and validate the config file at `path` (None: defaults only) against `env`."""
+    """Read and validate the config file at `path` (None: defaults only) against `env`.
+
+    With ``strict=False`` (for `report` and `sync`, which need only the OpenRouter and
+    storage options) unset variables leave their option unset and destinations are not
+    checked for a transport.
+    """
     env = load_env() if env is None else env
     data: Any = {}
     source = Path(path) if path else None
@@ -339,11 +384,13 @@ def load_config(
             mark = getattr(exc, "problem_mark", None)
             where = f" at line {mark.line + 1}" if mark is not None else ""
             raise ConfigError(f"{source}: not valid YAML{where}") from exc
-    data = _interpolate(data, env, "")
-    return parse_config(data, env, source)
+    data = _interpolate(data, env, "", strict)
+    return parse_config(data, env, source, strict=strict)
 
 
-def parse_config(data: Any, env: Mapping[str, str], source: Path | None = None) -> Config:
+def parse_config(
+    data: Any, env: Mapping[str, str], source: Path | None = None, *, strict: bool = True
+) -> Config:
     """Validate an already-loaded mapping into a Config."""
     root = _Section(data, "")
     base = root.section("openrouter")
@@ -352,7 +399,7 @@ def parse_config(data: Any, env: Mapping[str, str], source: Path | None = None) 
         base_url=(
             env.get("OPENROUTER_BASE_URL") or base.get("base_url", _str, DEFAULT_BASE_URL)
         ).rstrip("/"),
-        timeout=base.get("timeout", _number, 30.0),
+        timeout=base.get("timeout", _seconds, 30.0),
         concurrency=base.get("concurrency", _positive_int, 8),
         max_attempts=base.get("max_attempts", _positive_int, 5),
         retry_budget=base.get("retry_budget", _duration, dt.timedelta(seconds=60)),
@@ -376,7 +423,7 @@ def parse_config(data: Any, env: Mapping[str, str], source: Path | None = None) 
         username=e.get("username", _str) or None,
         password=e.get("password", _str) or None,
         sender=e.get("from", _str, ""),
-        timeout=e.get("timeout", _number, 30.0),
+        timeout=e.get("timeout", _seconds, 30.0),
         ca_file=e.get("ca_file", _str),
     )
     e.finish()
@@ -407,7 +454,8 @@ def parse_config(data: Any, env: Mapping[str, str], source: Path | None = None) 
         source=source,
     )
     root.finish()
-    _check_destinations(cfg)
+    if strict:
+        _check_destinations(cfg)
     return cfg
 
 
@@ -428,12 +476,18 @@ def _alerts(sec: _Section) -> AlertsConfig:
     check_every = sec.get("check_every", _duration, dt.timedelta(minutes=15))
     repeat_every = sec.get("repeat_every", _duration, dt.timedelta(hours=24))
     hysteresis = sec.get("hysteresis_percent", _number, 5.0)
+    if not 0 <= hysteresis < 100:
+        raise ConfigError(f"{sec.at('hysteresis_percent')}: expected a percentage below 100")
     to = sec.get("to", _destinations, ())
     sec.used.add("rules")
     raw_rules = sec.data.get("rules") or []
     if not isinstance(raw_rules, list):
         raise ConfigError(f"{sec.at('rules')}: expected a list of rules")
     rules = tuple(_rule(r, i, f"{sec.at('rules')}[{i}]") for i, r in enumerate(raw_rules))
+    for rule in rules:
+        if not (rule.to or to):
+            raise ConfigError(f"{sec.at('rules')}[{rule.index}].to: no destinations; set it "
+                              f"or {sec.at('to')}")
     names = [r.id for r in rules]
     for i, rid in enumerate(names):
         if rid in names[:i]:

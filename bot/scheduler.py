@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from bot.config import WEEKDAYS, ReportConfig
+from bot.errors import BotError
 
 if TYPE_CHECKING:
     import schedule
@@ -135,6 +136,9 @@ class Daemon:
                 self.wrapped("alerts", self.alerts))
         sched.every(60).seconds.do(self.wrapped("outbox", self.flush))
         for name, report in (("daily", cfg.daily), ("weekly", cfg.weekly)):
+            if report.enabled and not report.to:
+                log.warning("reports.%s is enabled but has no destinations (`to`): not "
+                            "scheduled", name)
             if report.enabled and report.to:
                 job = SlotJob(name, report, weekly=name == "weekly")
                 job.handled = self._load_handled(name)
@@ -158,10 +162,10 @@ class Daemon:
         """A job that logs one line with duration and outcome and never raises."""
 
         def run() -> None:
-            if not self.hold_lease():
-                return
             started = time.monotonic()
             try:
+                if not self.hold_lease():
+                    return
                 outcome = fn()
             except Exception as exc:  # noqa: BLE001 - a failing job must not stop the loop
                 log.error("job %s failed in %.2fs: %s", name, time.monotonic() - started, exc)
@@ -200,7 +204,8 @@ class Daemon:
 
         built = build(self.app, job.name, compute.latest_complete_day(slot))
         outcomes = deliver(self.app, built, list(job.report.to))
-        failed = [o for o in outcomes if not o.ok]
+        # "given up" is final (logged by the outbox); only a failure is worth a retry
+        failed = [o for o in outcomes if o.status == "failed"]
         summary = f"{built.period}: " + ", ".join(o.line() for o in outcomes)
         if failed:
             raise RuntimeError(summary)
@@ -212,19 +217,19 @@ class Daemon:
             slot = job.due(now, self.app.config.timezone)
             if slot is None:
                 continue
-            if not self.hold_lease():
-                return
             started = time.monotonic()
             try:
+                if not self.hold_lease():
+                    return
                 outcome = self.run_report(job, slot)
+                job.handled, job.retry_at = slot, None
+                self._save_handled(job)
             except Exception as exc:  # noqa: BLE001
                 job.retry_at = now + RETRY_AFTER
                 log.error("job %s (slot %s) failed in %.2fs, retrying at %s: %s", job.name,
                           f"{slot:%Y-%m-%d %H:%M} UTC", time.monotonic() - started,
                           f"{job.retry_at:%H:%M:%S} UTC", exc)
                 continue
-            job.handled, job.retry_at = slot, None
-            self._save_handled(job)
             log.info("job %s (slot %s) ok in %.2fs: %s", job.name, f"{slot:%Y-%m-%d %H:%M} UTC",
                      time.monotonic() - started, outcome)
 
@@ -258,12 +263,18 @@ class Daemon:
         while not self.stopping:
             sched.run_pending()
             if time.monotonic() - last_renew > LEASE_TTL.total_seconds() / 3:
-                self.hold_lease()
                 last_renew = time.monotonic()
+                try:
+                    self.hold_lease()
+                except BotError as exc:  # a busy database: try again at the next renewal
+                    log.warning("could not renew the database lease: %s", exc)
             wait = min(sched.idle_seconds or 1.0, 1.0)
             if wait > 0 and not self.stopping:
                 self.sleep(wait)
-        self.app.store().lease_release(LEASE, self.holder)
+        try:
+            self.app.store().lease_release(LEASE, self.holder)
+        except BotError as exc:
+            log.warning("could not release the database lease (it expires by itself): %s", exc)
         log.info("daemon stopped")
         return 0
 

@@ -74,9 +74,10 @@ def build(app: App, job: str, day: dt.date, *, sync: bool = True) -> Built:
     now = app.now()
     if day > compute.api_window(now)[1]:
         raise ConfigError(f"--date: {day} is not a completed UTC day yet")
+    keys = None
     if sync:
         with app.client() as client:
-            run_sync(client, store, now=now)
+            keys = run_sync(client, store, now=now).snapshot.keys
     latest = store.credits_at(None)
     credits = latest[1] if latest else None
     raw_prev = store.get_meta(CREDITS_META.format(job=job))
@@ -86,7 +87,9 @@ def build(app: App, job: str, day: dt.date, *, sync: bool = True) -> Built:
         rows, key_rows = _history(store, day - DAY * 13, day)
         _warn_missing(store, day - DAY * 13, day)
         data: DailyDigest | WeeklyReport = build_daily(
-            day, as_of=now, rows=rows, key_rows=key_rows, key_names=names, keys=store.keys(),
+            # today so far: the keys as fetched now (history also holds deleted keys)
+            day, as_of=now, rows=rows, key_rows=key_rows, key_names=names,
+            keys=keys if keys is not None else store.keys(),
             credits=credits, previous_total_credits=prev_total, top=app.config.daily.top,
         )
     else:
@@ -142,7 +145,8 @@ def deliver(
     for dest in destinations:
         msg = render_for(renderer, built, dest, cfg.slack.charts)
         if dry_run:
-            print_dry_run(built, dest, msg, out_dir)
+            stem = f"{built.job}-{built.period.replace('..', '_to_')}"
+            print_dry_run(f"{built.job} {built.period}", stem, dest, msg, out_dir)
             outcomes.append(Outcome(dest, "dry run"))
             continue
         outcomes.append(outbox.submit(built.job, built.period, dest, msg, now, force=force))
@@ -153,12 +157,12 @@ def deliver(
     return outcomes
 
 
-def print_dry_run(built: Built, dest: str, msg: Message, out_dir: Path) -> None:
+def print_dry_run(label: str, stem: str, dest: str, msg: Message, out_dir: Path) -> None:
     """Exactly what would be sent, on stdout; e-mail HTML to a file whose path is printed."""
     import json
 
     out = sys.stdout
-    out.write(f"--- {built.job} {built.period} -> {dest} (dry run, nothing sent) ---\n")
+    out.write(f"--- {label} -> {dest} (dry run, nothing sent) ---\n")
     if isinstance(msg, SlackMessage):
         out.write(json.dumps({"text": msg.text, "blocks": msg.blocks}, indent=2,
                              ensure_ascii=False) + "\n")
@@ -168,7 +172,7 @@ def print_dry_run(built: Built, dest: str, msg: Message, out_dir: Path) -> None:
     assert isinstance(msg, MailMessage)
     out_dir.mkdir(parents=True, exist_ok=True)
     safe = dest.split(":", 1)[1].replace("@", "_at_").replace("/", "_")
-    html_path = out_dir / f"{built.job}-{built.period.replace('..', '_to_')}-{safe}.html"
+    html_path = out_dir / f"{stem}-{safe}.html"
     html_path.write_text(msg.html, encoding="utf-8")
     out.write(f"Subject: {msg.subject}\nTo: {dest.split(':', 1)[1]}\n")
     for name, mime, data in msg.attachments:
@@ -191,6 +195,16 @@ def send_command(app: App, args: argparse.Namespace) -> int:
     day = parse_day(args.date, "--date") if args.date else default_day(job, now)
     outbox = Outbox(app.store(), Transports(app.config), app.config.delivery_max_age)
     retried = [] if args.dry_run else outbox.flush(now, jobs=(job,))
+    period = period_key(job, day)
+    if not (args.dry_run or args.force):
+        done = [outbox.store.outbox_get(job, period, d) for d in destinations]
+        if all(d is not None and d.status == "sent" for d in done):
+            # nothing to send: no need to reach OpenRouter at all
+            for dest, d in zip(destinations, done, strict=True):
+                assert d is not None
+                print(f"{job} {period}: {dest}: already sent"
+                      + (f" (at {d.sent_at:%Y-%m-%d %H:%M} UTC)" if d.sent_at else ""))
+            return 0 if all(o.ok for o in retried) else 1
     built = build(app, job, day)
     outcomes = retried + deliver(app, built, destinations, force=args.force, dry_run=args.dry_run)
     if not args.dry_run:

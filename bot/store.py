@@ -201,10 +201,16 @@ def _one_line(text: str) -> str:
 
 @contextmanager
 def _write(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    """One write transaction, taking the write lock up front (no read-then-write races)."""
-    with conn:
-        conn.execute("BEGIN IMMEDIATE")
-        yield conn
+    """One write transaction, taking the write lock up front (no read-then-write races).
+
+    A database still locked after the busy timeout, or otherwise unusable, is a DataError.
+    """
+    try:
+        with conn:
+            conn.execute("BEGIN IMMEDIATE")
+            yield conn
+    except sqlite3.OperationalError as exc:
+        raise DataError(f"history database is busy or unusable: {exc}") from exc
 
 
 def _user_version(conn: sqlite3.Connection) -> int:

@@ -137,6 +137,8 @@ def test_model_spend_per_model_and_resolves_when_model_goes_away() -> None:
     events, states = plan((rule,), inputs(rows=[]), known, now=T0 + dt.timedelta(days=1),
                           repeat_every=REPEAT, margin=MARGIN)
     assert [(e.action, e.obs.subject) for e in events] == [("resolve", "big")]
+    assert events[0].obs.note == "the model was not used on the latest day"
+    assert events[0].obs.title == "Model spend: big"
     assert states[0].status == "resolved"
 
 

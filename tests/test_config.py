@@ -96,6 +96,12 @@ def test_management_key_preferred_and_base_url_from_env() -> None:
         ("email:\n  security: tls\n", "email.security: expected one of starttls, ssl, none"),
         ("slack:\n  token: ${NOPE_NOT_SET}\n", "slack.token: environment variable NOPE_NOT_SET"),
         ("- a list\n", "config: expected a mapping"),
+        ("slack: {token: x}\nalerts:\n  rules:\n    - {kind: runway, below_days: 3}\n",
+         "alerts.rules[0].to: no destinations; set it or alerts.to"),
+        ("alerts:\n  hysteresis_percent: 100\n",
+         "alerts.hysteresis_percent: expected a percentage"),
+        ("openrouter:\n  timeout: 0\n", "openrouter.timeout: expected a number of seconds above 0"),
+        ("email:\n  timeout: 0\n", "email.timeout: expected a number of seconds above 0"),
         ("openrouter: [\n", "not valid YAML at line"),
     ],
 )
@@ -151,3 +157,23 @@ def test_durations(text: str, expected: dt.timedelta) -> None:
 def test_bad_durations(text: str) -> None:
     with pytest.raises(ConfigError):
         parse_duration(text, "x")
+
+
+def test_a_whole_value_variable_takes_its_yaml_type(tmp_path: Path) -> None:
+    text = ("email:\n  host: h\n  port: ${SMTP_PORT}\n  from: a@b.co\n  password: ${PW}\n"
+            "slack:\n  charts: ${CHARTS}\n")
+    env = {"SMTP_PORT": "2525", "PW": "123456", "CHARTS": "true"}
+    cfg = load_config(write(tmp_path, text), env)
+    assert cfg.email.port == 2525 and cfg.slack.charts is True
+    assert cfg.email.password == "123456"  # a string option stays a string
+    with pytest.raises(ConfigError, match="email.port: expected a whole number"):
+        load_config(write(tmp_path, text), {**env, "SMTP_PORT": "many"})
+
+
+def test_lenient_loading_for_commands_that_need_little(tmp_path: Path) -> None:
+    text = "slack:\n  token: ${UNSET_TOKEN}\nreports:\n  daily:\n    to: ['slack:#x']\n"
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError, match="UNSET_TOKEN"):
+        load_config(path, {})
+    cfg = load_config(path, {}, strict=False)
+    assert cfg.slack.token is None

@@ -175,3 +175,28 @@ def test_last_slot_handles_weekly_in_local_zone() -> None:
     now = dt.datetime(2026, 11, 30, 7, 30, tzinfo=dt.UTC)  # Monday 08:30 Berlin
     slot = last_slot(now, dt.time(8, 0), "Europe/Berlin", "monday")
     assert slot == dt.datetime(2026, 11, 30, 7, 0, tzinfo=dt.UTC)
+
+
+def test_a_locked_database_fails_the_job_not_the_daemon(
+    setup, caplog: pytest.LogCaptureFixture
+) -> None:
+    import sqlite3
+
+    caplog.set_level(logging.INFO, logger="bot")
+    config = write_config(setup, dt.time(9, 0))
+    start = dt.datetime.combine(NOW.date(), dt.time(8, 0), dt.UTC)
+    daemon = daemon_at(setup, config, start)
+    daemon.app.store().conn.execute("PRAGMA busy_timeout = 50")
+    other = sqlite3.connect(setup["tmp"] / "history.db", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+    daemon.wrapped("sync", daemon.sync)()
+    daemon.app.now = lambda: start + dt.timedelta(hours=2)
+    daemon.check_slots()
+    assert "job sync failed" in caplog.text and "database is locked" in caplog.text
+    assert "job daily (slot" in caplog.text and setup["slack"].posts == []
+    other.execute("ROLLBACK")
+    other.close()
+    daemon.app.now = lambda: start + dt.timedelta(hours=2, minutes=6)
+    daemon.check_slots()
+    assert len(setup["slack"].posts) == 1
+    daemon.app.close()

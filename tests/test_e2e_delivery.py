@@ -246,7 +246,9 @@ def test_alert_while_slack_is_down_is_delivered_at_next_check(world) -> None:
 def test_alerts_dry_run_changes_nothing(world, capsys) -> None:
     code, out, _ = cli(capsys, "alerts", "--dry-run")
     assert code == 0 and "FIRE" in out and "dry run" in out
+    assert '"blocks"' in out and "Subject: Alert: OpenRouter credits are low" in out
     assert world["slack"].posts == []
+    assert not (world["tmp"] / "history.db").exists()  # no state, no history written
     code, out, _ = cli(capsys, "alerts")
     assert code == 0 and "FIRE" in out and ": sent" in out
     assert world["slack"].posts
@@ -290,3 +292,25 @@ def test_overlapping_alert_runs_do_not_both_notify(world) -> None:
     assert world["slack"].posts == []
     app.store().lease_release(LEASE, "another-run")
     assert run_alerts(app) and world["slack"].posts
+
+
+def test_already_sent_needs_no_openrouter_and_stdout_gets_the_digest(world, capsys) -> None:
+    code, out, _ = cli(capsys, "send", "daily", "--to", "slack:#ops", "stdout")
+    assert code == 0
+    assert "*Top models*" in out and "Last 14 days (UTC)" in out  # the digest, not one line
+    world["or"].expected_key = "rotated"  # OpenRouter now refuses us
+    code, out, err = cli(capsys, "send", "daily", "--to", "slack:#ops")
+    assert code == 0 and "already sent" in out, err
+
+
+def test_today_so_far_counts_only_keys_that_still_exist(world, capsys) -> None:
+    keys = world["or"].keys
+    live = [k for k in keys if not k["disabled"]]
+    cli(capsys, "send", "daily", "--date", str(YESTERDAY - dt.timedelta(days=1)), "--to",
+        "slack:#ops")
+    world["or"].keys = [k for k in keys if k is not live[0]]  # a key is deleted
+    code, _, _ = cli(capsys, "send", "daily", "--to", "slack:#ops")
+    assert code == 0
+    today = sum(Decimal(str(k["usage_daily"])) for k in live[1:])
+    assert f"*Today so far* (UTC, in progress)\\n{fmt.money(today)}" in slack_text(
+        world["slack"].posts[-1])

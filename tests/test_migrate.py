@@ -127,7 +127,7 @@ def test_failed_migration_rolls_back(monkeypatch: pytest.MonkeyPatch) -> None:
     migrate(conn, target=1)
     broken = "CREATE TABLE fine (x); CREATE TABLE broken ("
     monkeypatch.setattr("bot.store.MIGRATIONS", [MIGRATIONS[0], broken])
-    with pytest.raises(sqlite3.OperationalError):
+    with pytest.raises(DataError, match="history database is busy or unusable"):
         migrate(conn, target=2)
     assert user_version(conn) == 1
     assert versions(conn) == [1]

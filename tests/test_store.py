@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import sqlite3
 from collections.abc import Iterator
 from dataclasses import replace
 from decimal import Decimal
@@ -11,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from bot.errors import DataError
 from bot.models import ActivityRow, ApiKey, Credits, Snapshot
 from bot.store import AlertState, Store, SyncStats, connect
 
@@ -352,7 +352,7 @@ def test_lease_waits_for_a_writer_instead_of_failing(tmp_path: Path) -> None:
     a, b = Store(connect(path)), Store(connect(path))
     b.conn.execute("PRAGMA busy_timeout = 50")
     a.conn.execute("BEGIN IMMEDIATE")  # another process mid-write
-    with pytest.raises(sqlite3.OperationalError, match="locked"):
+    with pytest.raises(DataError, match="locked"):  # one clear error, not sqlite's
         b.lease_acquire("scheduler", "b", T0, HOUR)
     a.conn.execute("COMMIT")
     assert b.lease_acquire("scheduler", "b", T0, HOUR)

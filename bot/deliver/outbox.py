@@ -176,7 +176,12 @@ class Transports:
                               now=now, message_id=msg_id)
             return smtp.send(mime, [target])
         if destination == "stdout":
-            text = msg.text if isinstance(msg, SlackMessage) else msg.text
+            if isinstance(msg, SlackMessage):
+                from bot.render import blocks_to_text
+
+                text = blocks_to_text(msg.blocks) if msg.blocks else msg.text
+            else:
+                text = msg.text
             sys.stdout.write(text.rstrip("\n") + "\n")
             return ""
         raise ConfigError(f"unknown destination {destination!r}")
