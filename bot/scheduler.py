@@ -36,6 +36,7 @@ LEASE = "daemon"
 LEASE_TTL = dt.timedelta(seconds=90)
 SLOT_CHECK_SECONDS = 5
 RETRY_AFTER = dt.timedelta(minutes=5)
+FIRST_START_GRACE = dt.timedelta(hours=12)
 
 
 def last_slot(
@@ -85,6 +86,16 @@ def _localize(tz: Any, naive: dt.datetime) -> dt.datetime:
         return tz.normalize(tz.localize(naive, is_dst=False))
     except pytz.AmbiguousTimeError:
         return tz.localize(naive, is_dst=True)
+
+
+def first_start_baseline(
+    now: dt.datetime, at: dt.time, tz_name: str, weekday: str | None = None
+) -> dt.datetime | None:
+    """What the very first start counts as handled: nothing, when the latest slot passed less
+    than FIRST_START_GRACE ago (deployed at 10:00 for a 09:00 digest: send it now), else
+    that slot (a digest from many hours ago is not worth sending late)."""
+    slot = last_slot(now, at, tz_name, weekday)
+    return None if now - slot < FIRST_START_GRACE else slot
 
 
 def should_run_slot(slot: dt.datetime, handled: dt.datetime | None) -> bool:
@@ -142,9 +153,10 @@ class Daemon:
             if report.enabled and report.to:
                 job = SlotJob(name, report, weekly=name == "weekly")
                 job.handled = self._load_handled(name)
-                if job.handled is None:  # first start: nothing was missed "while down"
-                    job.handled = last_slot(self.app.now(), report.at, cfg.timezone,
-                                            report.day if job.weekly else None)
+                if job.handled is None:
+                    job.handled = first_start_baseline(
+                        self.app.now(), report.at, cfg.timezone,
+                        report.day if job.weekly else None)
                     self._save_handled(job)
                 upcoming = next_slot(self.app.now(), report.at, cfg.timezone,
                                      report.day if job.weekly else None)

@@ -66,13 +66,14 @@ def daemon_at(setup: dict[str, Any], config: Path, now: dt.datetime) -> Daemon:
 
 def test_first_start_waits_for_the_next_slot_then_catches_up_after_downtime(setup) -> None:
     config = write_config(setup, dt.time(9, 0))
-    start = dt.datetime.combine(NOW.date(), dt.time(12, 0), dt.UTC)
+    start = dt.datetime.combine(NOW.date(), dt.time(22, 0), dt.UTC)
     daemon = daemon_at(setup, config, start)
     daemon.check_slots()
-    assert setup["slack"].posts == []  # first start: nothing was missed
+    assert setup["slack"].posts == []  # first start 13 h after the slot: not sent that late
     daemon.app.close()
 
-    # the daemon was down over the next day's 09:00; restarted at 15:00 it sends that one once
+    # the daemon was down over the next day's 09:00; restarted at 01:00 the day after, it
+    # sends that one once
     later = start + dt.timedelta(days=1, hours=3)
     daemon = daemon_at(setup, config, later)
     daemon.check_slots()
@@ -81,6 +82,16 @@ def test_first_start_waits_for_the_next_slot_then_catches_up_after_downtime(setu
     daemon.app.close()
     # and another restart the same day sends nothing more
     daemon = daemon_at(setup, config, later + dt.timedelta(hours=1))
+    daemon.check_slots()
+    assert len(setup["slack"].posts) == 1
+    daemon.app.close()
+
+
+def test_first_start_soon_after_the_slot_sends_it(setup) -> None:
+    config = write_config(setup, dt.time(9, 0))
+    start = dt.datetime.combine(NOW.date(), dt.time(10, 0), dt.UTC)  # deployed an hour late
+    daemon = daemon_at(setup, config, start)
+    daemon.check_slots()
     daemon.check_slots()
     assert len(setup["slack"].posts) == 1
     daemon.app.close()

@@ -67,11 +67,13 @@ def test_failed_delivery_is_kept_and_retried_exactly_once(box) -> None:
     failed = outbox.submit("daily", "2026-11-24", "slack:#ops", MSG, T0)
     assert failed.status == "failed" and "service unavailable" in failed.detail
     assert [d.status for d in store.outbox_due()] == ["pending"]
+    assert outbox.flush(T0 + dt.timedelta(seconds=30)) == []  # backing off: 1 minute first
     assert outbox.flush(T0 + dt.timedelta(minutes=1))[0].status == "failed"
+    assert outbox.flush(T0 + dt.timedelta(minutes=2)) == []  # then 2 minutes
     transports.down = False
-    retried = outbox.flush(T0 + dt.timedelta(minutes=2))
+    retried = outbox.flush(T0 + dt.timedelta(minutes=3))
     assert [(o.status, o.period) for o in retried] == [("sent", "2026-11-24")]
-    assert outbox.flush(T0 + dt.timedelta(minutes=3)) == []
+    assert outbox.flush(T0 + dt.timedelta(minutes=4)) == []
     assert len(transports.sent) == 1
 
 

@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Message = SlackMessage | MailMessage
+RETRY_BASE = dt.timedelta(minutes=1)
+RETRY_CAP = dt.timedelta(hours=1)
 
 
 @dataclass(frozen=True)
@@ -256,9 +258,18 @@ class Outbox:
         return Outcome(delivery.destination, "sent", "", ref, delivery.job, delivery.period)
 
     def flush(self, now: dt.datetime, *, jobs: tuple[str, ...] | None = None) -> list[Outcome]:
-        """Retry every delivery left pending (or mid-send by a crash), oldest first."""
+        """Retry the deliveries left pending (or mid-send by a crash) whose backoff has passed,
+        oldest first."""
         return [
             self.attempt(d, now)
             for d in self.store.outbox_due()
-            if jobs is None or d.job.split(":", 1)[0] in jobs
+            if (jobs is None or d.job in jobs) and retry_due(d, now)
         ]
+
+
+def retry_due(delivery: Delivery, now: dt.datetime) -> bool:
+    """Failed deliveries are retried after 1, 2, 4 ... minutes, at most an hour apart."""
+    if delivery.last_attempt_at is None or delivery.attempts == 0:
+        return True
+    wait = min(RETRY_BASE * 2 ** (delivery.attempts - 1), RETRY_CAP)
+    return now - delivery.last_attempt_at >= wait
