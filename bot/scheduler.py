@@ -160,8 +160,8 @@ class Daemon:
                     self._save_handled(job)
                 upcoming = next_slot(self.app.now(), report.at, cfg.timezone,
                                      report.day if job.weekly else None)
-                log.info("%s runs at %s %s (%s); next at %s UTC", name, report.at,
-                         report.day if job.weekly else "daily", cfg.timezone,
+                log.info("%s report: every %s at %s (%s); next at %s UTC", name,
+                         report.day if job.weekly else "day", report.at, cfg.timezone,
                          f"{upcoming:%Y-%m-%d %H:%M:%S}")
                 self.slots.append(job)
         sched.every(SLOT_CHECK_SECONDS).seconds.do(self.check_slots)
