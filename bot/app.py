@@ -36,7 +36,9 @@ class App:
     openrouter_key: str | None = None
     _store: Store | None = field(default=None, repr=False)
 
-    def client(self) -> OpenRouterClient:
+    def client(self, max_attempts: int | None = None) -> OpenRouterClient:
+        """The OpenRouter client; `max_attempts` overrides the configured retries (for `check`,
+        which should answer quickly)."""
         from bot.openrouter import MANAGEMENT_KEYS_URL, OpenRouterClient
 
         key = self.openrouter_key or self.config.openrouter.key
@@ -50,7 +52,7 @@ class App:
             self.config.openrouter.base_url,
             timeout=self.config.openrouter.timeout,
             concurrency=self.config.openrouter.concurrency,
-            max_attempts=self.config.openrouter.max_attempts,
+            max_attempts=max_attempts or self.config.openrouter.max_attempts,
             retry_budget=self.config.openrouter.retry_budget.total_seconds(),
             transport=self.transport,
         )

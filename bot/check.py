@@ -31,7 +31,7 @@ def checks(app: App) -> list[tuple[str, Callable[[], str]]]:
     out: list[tuple[str, Callable[[], str]]] = []
 
     def openrouter() -> str:
-        with app.client() as client:
+        with app.client(max_attempts=2) as client:
             credits = client.credits()
             keys = client.keys()
         return (f"management key works: {len(keys)} API keys, "

@@ -332,6 +332,7 @@ class OpenRouterClient:
         credits: bool = True,
         keys: bool = True,
         per_key: bool = False,
+        activity: bool = True,
         date: dt.date | None = None,
         progress: Callable[[int, int], None] | None = None,
     ) -> Snapshot:
@@ -342,13 +343,16 @@ class OpenRouterClient:
         """
         snap = Snapshot(as_of=now)
         with ThreadPoolExecutor(self.concurrency, thread_name_prefix="openrouter") as pool:
-            jobs: dict[str, Future[Any]] = {"activity": pool.submit(self.activity, date)}
+            jobs: dict[str, Future[Any]] = {}
+            if activity:
+                jobs["activity"] = pool.submit(self.activity, date)
             if credits:
                 jobs["credits"] = pool.submit(self.credits)
             if keys or per_key:
                 jobs["keys"] = pool.submit(self.keys)
             _wait_all(list(jobs.values()))
-            snap.activity = jobs["activity"].result()
+            if "activity" in jobs:
+                snap.activity = jobs["activity"].result()
             if "credits" in jobs:
                 snap.credits = jobs["credits"].result()
             if "keys" in jobs:

@@ -157,7 +157,7 @@ def gather_report(
         for h, rs in snap.key_activity.items():
             key_rows[h].extend(compute.in_range(rs, api_start, period.end))
     elif with_credits or with_keys:
-        snap = client.snapshot(now=now, credits=with_credits, keys=with_keys, per_key=False)
+        snap = client.snapshot(now=now, credits=with_credits, keys=with_keys, activity=False)
         credits, keys = snap.credits, snap.keys
 
     missing: list[dt.date] = []

@@ -253,6 +253,11 @@ def test_old_ranges_come_from_history_and_say_what_is_missing(
     code, out, err = run(capsys, "report", "--from", str(start), "--json")
     doc = json.loads(out)
     assert len(doc["missing_days"]) == 0 and err == ""
+    old_only = YESTERDAY - dt.timedelta(days=35)
+    asked = len(org.requests_to("/activity"))
+    code, out, _ = run(capsys, "report", "--date", str(old_only), "--json")
+    assert code == 0 and len(org.requests_to("/activity")) == asked  # history alone answers
+    assert close(json.loads(out)["totals"]["cost"], D("7.25"))
     assert close(doc["totals"]["cost"], expected_totals(org.activity_rows)["cost"] + D("7.25"))
     assert any(r["date"] == old_day for r in doc["activity"])
 
