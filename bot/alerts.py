@@ -29,7 +29,7 @@ from bot.send import print_dry_run
 if TYPE_CHECKING:
     from bot.app import App
     from bot.render import Renderer
-    from bot.store import Store
+    from bot.store import AlertState, Store
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ class Event:
     state: State
 
 
-def _to_state(s: Any) -> State:
+def _to_state(s: AlertState) -> State:
     return State(s.rule_id, s.subject, s.status, s.value, s.since, s.last_notified_at,
                  dict(s.threads or {}))
 

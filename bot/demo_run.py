@@ -28,6 +28,7 @@ def demo_app(now: dt.datetime, storage: Path | str = ":memory:") -> App:
 
 def run_demo(out_dir: str = "out", quiet: bool = False, now: dt.datetime | None = None) -> int:
     from bot import compute
+    from bot.digest import DailyDigest, WeeklyReport
     from bot.output import format_text
     from bot.render import Renderer, blocks_to_text
     from bot.report import gather_report, resolve_period
@@ -45,8 +46,9 @@ def run_demo(out_dir: str = "out", quiet: bool = False, now: dt.datetime | None 
 
     renderer = Renderer()
     day = compute.latest_complete_day(now)
-    daily = build(app, "daily", day)
-    slack = renderer.daily_slack(daily.data)  # type: ignore[arg-type]
+    daily = build(app, "daily", day).data
+    assert isinstance(daily, DailyDigest)
+    slack = renderer.daily_slack(daily)
     folder = Path(out_dir)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "daily-slack.json").write_text(
@@ -55,8 +57,9 @@ def run_demo(out_dir: str = "out", quiet: bool = False, now: dt.datetime | None 
     out.write(f"\n=== Daily Slack digest for {day} (UTC), as it would be posted ===\n")
     out.write(blocks_to_text(slack.blocks))
 
-    weekly = build(app, "weekly", day, sync=False)
-    mail = renderer.weekly_email(weekly.data)  # type: ignore[arg-type]
+    weekly = build(app, "weekly", day, sync=False).data
+    assert isinstance(weekly, WeeklyReport)
+    mail = renderer.weekly_email(weekly)
     html = mail.html
     for cid, png in mail.inline_images.items():  # so a browser shows what a mail client would
         html = html.replace(f"cid:{cid}", "data:image/png;base64," + base64.b64encode(png).decode())

@@ -89,7 +89,6 @@ class UsageReport:
     by_date: list[Group]
     by_key: list[Group] | None = None
     missing_days: list[dt.date] = field(default_factory=list)
-    from_history: bool = False
 
 
 def build_report(
@@ -101,7 +100,6 @@ def build_report(
     key_rows: dict[str, list[ActivityRow]] | None = None,
     key_names: dict[str, str] | None = None,
     missing_days: list[dt.date] | None = None,
-    from_history: bool = False,
 ) -> UsageReport:
     """Aggregate rows already restricted to `period` into a report (pure)."""
     rows = sorted(rows, key=lambda r: (r.date, -r.cost, r.model, r.provider, r.endpoint_id))
@@ -120,7 +118,6 @@ def build_report(
         by_date=compute.by_date(rows, period.start, period.end),
         by_key=by_key,
         missing_days=missing_days or [],
-        from_history=from_history,
     )
 
 
@@ -187,5 +184,4 @@ def gather_report(
         key_rows=dict(key_rows) if with_keys else None,
         key_names=names,
         missing_days=missing,
-        from_history=from_history,
     )

@@ -51,11 +51,6 @@ def period_key(job: str, day: dt.date) -> str:
     return f"{(day - DAY * 6).isoformat()}..{day.isoformat()}"
 
 
-def default_day(job: str, now: dt.datetime) -> dt.date:
-    """The latest completed UTC day at least 30 minutes old."""
-    return compute.latest_complete_day(now)
-
-
 def _history(
     store: Store, start: dt.date, end: dt.date
 ) -> tuple[list[ActivityRow], dict[str, list[ActivityRow]]]:
@@ -192,7 +187,8 @@ def send_command(app: App, args: argparse.Namespace) -> int:
         where = f"--to {dest}" if args.to else f"reports.{job}.to[{i}]"
         require_transport(app.config, validate_destination(dest, where), where)
     now = app.now()
-    day = parse_day(args.date, "--date") if args.date else default_day(job, now)
+    # default: the latest completed UTC day at least 30 minutes old
+    day = parse_day(args.date, "--date") if args.date else compute.latest_complete_day(now)
     outbox = Outbox(app.store(), Transports(app.config), app.config.delivery_max_age)
     retried = [] if args.dry_run else outbox.flush(now, jobs=(job,))
     period = period_key(job, day)

@@ -5,19 +5,19 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from bot.models import Snapshot
 
 if TYPE_CHECKING:
     from bot.openrouter import OpenRouterClient
-    from bot.store import Store
+    from bot.store import Store, SyncStats
 
 
 @dataclass
 class SyncResult:
     snapshot: Snapshot
-    stats: Any
+    stats: SyncStats
 
     def summary(self) -> str:
         s = self.stats
