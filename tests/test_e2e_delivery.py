@@ -314,3 +314,14 @@ def test_today_so_far_counts_only_keys_that_still_exist(world, capsys) -> None:
     today = sum(Decimal(str(k["usage_daily"])) for k in live[1:])
     assert f"*Today so far* (UTC, in progress)\\n{fmt.money(today)}" in slack_text(
         world["slack"].posts[-1])
+
+
+def test_chart_png_goes_into_the_digest_thread(world, capsys) -> None:
+    config: Path = world["config"]
+    config.write_text(config.read_text().replace("slack:\n", "slack:\n  charts: true\n", 1))
+    code, _, err = cli(capsys, "send", "daily", "--to", "slack:#ops")
+    assert code == 0, err
+    [post] = world["slack"].posts
+    [upload] = world["slack"].uploads
+    assert upload["thread_ts"] == post["ts"]
+    assert upload["data"].startswith(b"\x89PNG")
