@@ -8,7 +8,7 @@ import json
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler
 from typing import Any
@@ -16,7 +16,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 
-from tests.loopback import LoopbackServer, serving
+from tests.loopback import Fault, FaultQueue, LoopbackServer, serving
 
 MANAGEMENT_KEY = "sk-or-v1-fake-management-key-7f3a9c1e5b2d4f6a8c0e"
 PREFIX = "/api/v1"
@@ -31,17 +31,6 @@ class Request:
     query: dict[str, str]
     headers: dict[str, str]
     has_auth: bool
-
-
-@dataclass
-class Fault:
-    # an HTTP status; "drop" closes the connection with no answer; "slow" answers normally
-    # after ``delay`` seconds (any fault may also carry a delay)
-    status: int | str
-    remaining: int
-    headers: dict[str, str] = field(default_factory=dict)
-    body: str | bytes | dict[str, Any] | list[Any] | None = None
-    delay: float = 0.0
 
 
 def _error(code: int, message: str) -> dict[str, Any]:
@@ -179,7 +168,7 @@ class FakeOpenRouter:
         self.max_in_flight = 0
         self.base_url = ""
         self.stopping = threading.Event()
-        self._faults: dict[str, list[Fault]] = {}
+        self.faults = FaultQueue()
         self._lock = threading.Lock()
 
     # -- test API --------------------------------------------------------------------------
@@ -194,10 +183,8 @@ class FakeOpenRouter:
         delay: float = 0.0,
     ) -> None:
         """Make the next ``n`` requests to ``path`` (e.g. "/credits") answer ``status``."""
-        with self._lock:
-            self._faults.setdefault(path, []).append(
-                Fault(status, n, dict(headers or {}), body, delay)
-            )
+        self.faults.add(path, status, n, headers, body, delay)
+
 
     def requests_to(self, path: str) -> list[Request]:
         return [r for r in self.requests if r.path == path]
@@ -205,14 +192,7 @@ class FakeOpenRouter:
     # -- behaviour -------------------------------------------------------------------------
 
     def take_fault(self, path: str) -> Fault | None:
-        with self._lock:
-            queue = self._faults.get(path) or []
-            while queue and queue[0].remaining <= 0:
-                queue.pop(0)
-            if not queue:
-                return None
-            queue[0].remaining -= 1
-            return queue[0]
+        return self.faults.take(path)
 
     def answer(self, path: str, query: dict[str, str], auth: str | None) -> tuple[int, Any]:
         if auth != f"Bearer {self.expected_key}":

@@ -6,14 +6,14 @@ import json
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 
-from tests.loopback import LoopbackServer, serving
+from tests.loopback import Fault, FaultQueue, LoopbackServer, serving
 
 VALID_TOKEN = "xoxb-test-token"
 WEBHOOK_PATH = "/webhook/T0001/B0001/XXXXSECRET"
@@ -27,17 +27,6 @@ class Call:
     params: dict[str, Any]
     has_auth: bool
     status: int | str
-
-
-@dataclass
-class Fault:
-    # an HTTP status; "drop" closes the connection without an answer; "slow" answers normally
-    # after ``delay`` seconds
-    status: int | str
-    remaining: int
-    headers: dict[str, str] = field(default_factory=dict)
-    body: str | None = None
-    delay: float = 0.0
 
 
 @dataclass
@@ -68,7 +57,7 @@ class FakeSlack:
         self.webhook_posts: list[dict[str, Any]] = []
         self.uploads: list[dict[str, Any]] = []
         self._pending_uploads: dict[str, dict[str, Any]] = {}
-        self._faults: dict[str, list[Fault]] = {}
+        self.faults = FaultQueue()
         self._ts = 0
         self._lock = threading.Lock()
         self.base_url = ""
@@ -87,9 +76,8 @@ class FakeSlack:
         delay: float = 0.0,
     ) -> None:
         """Make the next ``n`` calls to ``method`` answer ``status`` (or drop, or be slow)."""
-        fault = Fault(status, n, dict(headers or {}), body, delay)
-        with self._lock:
-            self._faults.setdefault(method, []).append(fault)
+        self.faults.add(method, status, n, headers, body, delay)
+
 
     def calls_to(self, method: str) -> list[Call]:
         return [c for c in self.calls if c.method == method]
@@ -97,14 +85,7 @@ class FakeSlack:
     # -- behaviour -------------------------------------------------------------------------
 
     def take_fault(self, method: str) -> Fault | None:
-        with self._lock:
-            queue = self._faults.get(method) or []
-            while queue and queue[0].remaining <= 0:
-                queue.pop(0)
-            if not queue:
-                return None
-            queue[0].remaining -= 1
-            return queue[0]
+        return self.faults.take(method)
 
     def find_channel(self, ref: str) -> Channel | None:
         ref = ref.lstrip("#")

@@ -6,8 +6,49 @@ import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+
+@dataclass
+class Fault:
+    """A scripted answer: an HTTP status, "drop" (close the connection with no answer) or
+    "slow" (answer normally after ``delay`` seconds); any fault may also carry a delay."""
+
+    status: int | str
+    remaining: int
+    headers: dict[str, str] = field(default_factory=dict)
+    body: Any = None
+    delay: float = 0.0
+
+
+class FaultQueue:
+    """Scripted faults per path or method, consumed in order, safe across server threads."""
+
+    def __init__(self) -> None:
+        self._faults: dict[str, list[Fault]] = {}
+        self._lock = threading.Lock()
+
+    def add(self, key: str, status: int | str, n: int = 1,
+            headers: dict[str, str] | None = None, body: Any = None, delay: float = 0.0) -> None:
+        with self._lock:
+            self._faults.setdefault(key, []).append(
+                Fault(status, n, dict(headers or {}), body, delay))
+
+    def take(self, key: str) -> Fault | None:
+        with self._lock:
+            queue = self._faults.get(key) or []
+            while queue and queue[0].remaining <= 0:
+                queue.pop(0)
+            if not queue:
+                return None
+            queue[0].remaining -= 1
+            return queue[0]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._faults.clear()
 
 
 class LoopbackServer(ThreadingHTTPServer):

@@ -114,7 +114,7 @@ def test_a_failing_job_is_logged_and_retried_without_stopping_others(
     assert setup["slack"].posts == []
     job = daemon.slots[0]
     assert job.retry_at is not None
-    setup["or"]._faults.clear()
+    setup["or"].faults.clear()
     daemon.check_slots()  # before retry_at: not yet
     assert setup["slack"].posts == []
     daemon.app.now = lambda: start + dt.timedelta(hours=2, minutes=6)
@@ -139,6 +139,17 @@ def test_two_daemons_on_one_database_never_both_send(setup) -> None:
         d.app.close()
 
 
+def stop(proc: subprocess.Popen[str], signum: int) -> str:
+    """Send `signum`, wait for the exit (killing it if it hangs) and return its stderr."""
+    proc.send_signal(signum)
+    try:
+        return proc.communicate(timeout=30)[1]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
 def test_run_subprocess_sends_once_stops_on_sigterm_and_restarts_without_duplicate(
     setup,
 ) -> None:
@@ -158,12 +169,8 @@ def test_run_subprocess_sends_once_stops_on_sigterm_and_restarts_without_duplica
             time.sleep(0.2)
         assert len(setup["slack"].posts) == 1
         time.sleep(1.5)
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=30)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+        err = stop(proc, signal.SIGTERM)
     assert proc.returncode == 0, err
     assert "job daily (slot" in err and " ok in " in err and "daemon stopped" in err
     assert "job sync ok in" in err
@@ -172,12 +179,8 @@ def test_run_subprocess_sends_once_stops_on_sigterm_and_restarts_without_duplica
     proc = start()
     try:
         time.sleep(4)
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=30)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+        err = stop(proc, signal.SIGINT)
     assert proc.returncode == 0, err
     assert len(setup["slack"].posts) == 1  # no duplicate after the restart
 

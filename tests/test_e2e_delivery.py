@@ -136,7 +136,7 @@ def test_slack_outage_keeps_the_digest_and_delivers_it_later_once(world, capsys)
     assert code == 1  # a delivery failed
     assert "slack:#ops: failed" in out and "email:lead@example.com: sent" in out
     assert slack.posts == [] and len(smtp.messages) == 1
-    slack._faults.clear()
+    slack.faults.clear()
     code, out, _ = cli(capsys, "send", "daily")
     assert code == 0
     assert len(slack.posts) == 1 and len(smtp.messages) == 1  # e-mail not sent twice
@@ -230,7 +230,7 @@ def test_alert_while_slack_is_down_is_delivered_at_next_check(world) -> None:
         "slack:"))
     assert [o.status for o in outcomes if o.destination.startswith("email:")] == ["sent"]
     assert slack.posts == []
-    slack._faults.clear()
+    slack.faults.clear()
     assert run_alerts(alerts_app(world, NOW + dt.timedelta(minutes=15))) == []
     fired = [p for p in slack.posts if "Low credits" in slack_text(p)]
     assert len(fired) == 1  # delivered once, by the retry at the next check
