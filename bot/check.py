@@ -48,10 +48,10 @@ def checks(app: App) -> list[tuple[str, Callable[[], str]]]:
 
     out.append(("History database", history))
     dests = _all_destinations(app)
-    if any(d.startswith("slack:") and d != "slack:webhook" for d in dests) or cfg.slack.token:
-        from bot.deliver.outbox import Transports
+    from bot.deliver.outbox import Transports
 
-        transports = Transports(cfg)
+    transports = Transports(cfg)  # senders are created only when a check uses them
+    if any(d.startswith("slack:") and d != "slack:webhook" for d in dests) or cfg.slack.token:
         out.append(("Slack auth", lambda: transports.slack().auth_test()))
         for dest in dests:
             if dest.startswith("slack:") and dest != "slack:webhook":
@@ -67,10 +67,7 @@ def checks(app: App) -> list[tuple[str, Callable[[], str]]]:
     if "slack:webhook" in dests:
         out.append(("Slack webhook", lambda: SKIP + "configured; not tested, as that would post"))
     if any(d.startswith("email:") for d in dests) or cfg.email.host:
-        from bot.deliver.outbox import Transports
-
-        mail = Transports(cfg)
-        out.append(("SMTP", lambda: mail.smtp().check()))
+        out.append(("SMTP", lambda: transports.smtp().check()))
     return out
 
 
