@@ -25,6 +25,7 @@ demo: $(STAMP_RUN)
 lint: $(STAMP_TEST)
 	$(VENV)/bin/ruff check bot tests bench
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 test: lint
 	$(VENV)/bin/pytest

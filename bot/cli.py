@@ -145,8 +145,8 @@ def progress_bar(label: str, quiet: bool) -> Callable[[int, int], None] | None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from bot.output import format_text, missing_note, to_json, write_csv
-    from bot.report import gather_report, resolve_period
+    from bot.jobs.report import gather_report, resolve_period
+    from bot.render.text import format_text, missing_note, to_json, write_csv
 
     if args.end and not args.start:
         raise ConfigError("--to needs --from")
@@ -175,7 +175,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
-    from bot.sync import run_sync
+    from bot.jobs.sync import run_sync
 
     app = make_app(args, need_config=False)
     with app.client() as client:
@@ -191,19 +191,19 @@ def cmd_sync(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from bot.demo_run import run_demo
+    from bot.jobs.demo import run_demo
 
     return run_demo(out_dir=args.out, quiet=args.quiet)
 
 
 def cmd_send(args: argparse.Namespace) -> int:
-    from bot.send import send_command
+    from bot.jobs.send import send_command
 
     return send_command(make_app(args, need_config=True), args)
 
 
 def cmd_alerts(args: argparse.Namespace) -> int:
-    from bot.alerts import alerts_command
+    from bot.jobs.alerts import alerts_command
 
     return alerts_command(make_app(args, need_config=True), dry_run=args.dry_run)
 
@@ -215,7 +215,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from bot.check import run_check
+    from bot.jobs.check import run_check
 
     return run_check(make_app(args, need_config=True))
 

@@ -188,13 +188,13 @@ class Daemon:
         return run
 
     def sync(self) -> str:
-        from bot.sync import run_sync
+        from bot.jobs.sync import run_sync
 
         with self.app.client() as client:
             return run_sync(client, self.app.store(), now=self.app.now()).summary()
 
     def alerts(self) -> str:
-        from bot.alerts import run_alerts
+        from bot.jobs.alerts import run_alerts
 
         results = run_alerts(self.app)
         if not results:
@@ -211,10 +211,10 @@ class Daemon:
         return ", ".join(o.line() for o in done) if done else "nothing pending"
 
     def run_report(self, job: SlotJob, slot: dt.datetime) -> str:
-        from bot import compute
-        from bot.send import build, deliver
+        from bot.compute import aggregate
+        from bot.jobs.send import build, deliver
 
-        built = build(self.app, job.name, compute.latest_complete_day(slot))
+        built = build(self.app, job.name, aggregate.latest_complete_day(slot))
         outcomes = deliver(self.app, built, list(job.report.to))
         # "given up" is final (logged by the outbox); only a failure is worth a retry
         failed = [o for o in outcomes if o.status == "failed"]

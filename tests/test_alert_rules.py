@@ -7,9 +7,9 @@ from decimal import Decimal
 
 import pytest
 
-from bot.alert_rules import Inputs, State, evaluate, step
-from bot.alerts import plan
+from bot.compute.alert_rules import Inputs, State, evaluate, step
 from bot.config import AlertRule
+from bot.jobs.alerts import plan
 from bot.models import ApiKey, Credits
 from tests.rows import row
 
@@ -163,8 +163,8 @@ def test_exactly_at_threshold_is_not_firing() -> None:
 
 
 def test_thread_of_a_retried_first_message_is_recorded_even_with_pipes_in_names() -> None:
-    from bot.alerts import Event, _record_threads, period
     from bot.deliver.outbox import Outcome
+    from bot.jobs.alerts import Event, _record_threads, period
     from bot.store import AlertState, Store, connect
 
     store = Store(connect(":memory:"))

@@ -7,8 +7,8 @@ import io
 import struct
 from decimal import Decimal
 
-from bot.chart import MUTED, STRONG, chart_png
-from bot.compute import Figures, Group
+from bot.compute.aggregate import Figures, Group
+from bot.render.chart import MUTED, STRONG, chart_png
 
 
 def series(values: list[str], start: dt.date = dt.date(2026, 11, 11)) -> list[Group]:

@@ -7,7 +7,8 @@ from decimal import Decimal
 
 import pytest
 
-from bot import compute, fmt
+from bot import fmt
+from bot.compute import aggregate
 from tests.rows import row
 
 D = Decimal
@@ -15,7 +16,7 @@ D = Decimal
 
 def test_totals_are_exact_and_include_byok() -> None:
     rows = [row("2026-11-01", usage="0.1"), row("2026-11-01", usage="0.2", byok="0.7")]
-    t = compute.totals(rows)
+    t = aggregate.totals(rows)
     assert t.usage == D("0.3")
     assert t.byok_usage == D("0.7")
     assert t.cost == D("1.0")
@@ -24,7 +25,7 @@ def test_totals_are_exact_and_include_byok() -> None:
 
 def test_many_tiny_amounts_sum_exactly() -> None:
     rows = [row("2026-11-01", usage="0.000000001") for _ in range(100_000)]
-    assert compute.totals(rows).usage == D("0.0001")
+    assert aggregate.totals(rows).usage == D("0.0001")
 
 
 def test_ranked_by_cost_then_name() -> None:
@@ -34,7 +35,7 @@ def test_ranked_by_cost_then_name() -> None:
         row("2026-11-02", model="c", usage="0.5", byok="2"),
         row("2026-11-02", model="a", usage="0.25"),
     ]
-    groups = compute.by_model(rows)
+    groups = aggregate.by_model(rows)
     assert [(g.name, g.figures.cost) for g in groups] == [
         ("c", D("2.5")),
         ("a", D("1.25")),
@@ -48,7 +49,7 @@ def test_by_date_fills_empty_days_in_order() -> None:
         row("2026-11-01", usage="1"),
         row("2026-11-03", usage="3"),
     ]
-    series = compute.by_date(rows, dt.date(2026, 11, 1), dt.date(2026, 11, 4))
+    series = aggregate.by_date(rows, dt.date(2026, 11, 1), dt.date(2026, 11, 4))
     assert [(g.name, g.figures.cost) for g in series] == [
         ("2026-11-01", D(1)),
         ("2026-11-02", D(0)),
@@ -62,7 +63,7 @@ def test_by_key_uses_names_and_falls_back_to_hash() -> None:
         "aaaa1111bbbb2222": [row("2026-11-01", usage="3")],
         "cccc3333dddd4444": [row("2026-11-01", usage="1", byok="4")],
     }
-    groups = compute.by_key(key_rows, {"aaaa1111bbbb2222": "prod"})
+    groups = aggregate.by_key(key_rows, {"aaaa1111bbbb2222": "prod"})
     assert [(g.name, g.ref, g.figures.cost) for g in groups] == [
         ("cccc3333dddd", "cccc3333dddd4444", D(5)),
         ("prod", "aaaa1111bbbb2222", D(3)),
@@ -70,23 +71,23 @@ def test_by_key_uses_names_and_falls_back_to_hash() -> None:
 
 
 def test_change_and_runway() -> None:
-    assert compute.change(D(110), D(100)) == D("0.1")
-    assert compute.change(D(5), D(0)) is None
-    assert compute.runway_days(D(70), D(10)) == D(7)
-    assert compute.runway_days(D(70), D(0)) is None
-    assert compute.runway_days(D(-5), D(10)) == D(0)
+    assert aggregate.change(D(110), D(100)) == D("0.1")
+    assert aggregate.change(D(5), D(0)) is None
+    assert aggregate.runway_days(D(70), D(10)) == D(7)
+    assert aggregate.runway_days(D(70), D(0)) is None
+    assert aggregate.runway_days(D(-5), D(10)) == D(0)
 
 
 def test_latest_complete_day_waits_thirty_minutes() -> None:
     early = dt.datetime(2026, 11, 25, 0, 20, tzinfo=dt.UTC)
     later = dt.datetime(2026, 11, 25, 0, 31, tzinfo=dt.UTC)
-    assert compute.latest_complete_day(early) == dt.date(2026, 11, 23)
-    assert compute.latest_complete_day(later) == dt.date(2026, 11, 24)
+    assert aggregate.latest_complete_day(early) == dt.date(2026, 11, 23)
+    assert aggregate.latest_complete_day(later) == dt.date(2026, 11, 24)
 
 
 def test_api_window_is_thirty_completed_days() -> None:
     now = dt.datetime(2026, 11, 25, 10, tzinfo=dt.UTC)
-    assert compute.api_window(now) == (dt.date(2026, 10, 26), dt.date(2026, 11, 24))
+    assert aggregate.api_window(now) == (dt.date(2026, 10, 26), dt.date(2026, 11, 24))
 
 
 @pytest.mark.parametrize(

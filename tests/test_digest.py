@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from decimal import Decimal
 
-from bot.digest import build_daily, build_weekly
+from bot.compute.digest import build_daily, build_weekly
 from bot.models import ApiKey, Credits
 from tests.rows import row
 

@@ -183,7 +183,7 @@ def alerts_app(world: dict[str, Any], now: dt.datetime) -> App:
 
 
 def test_alert_lifecycle_in_slack_threads(world) -> None:
-    from bot.alerts import run_alerts
+    from bot.jobs.alerts import run_alerts
 
     slack = world["slack"]
     fired = run_alerts(alerts_app(world, NOW))
@@ -220,7 +220,7 @@ def test_alert_lifecycle_in_slack_threads(world) -> None:
 
 
 def test_alert_while_slack_is_down_is_delivered_at_next_check(world) -> None:
-    from bot.alerts import run_alerts
+    from bot.jobs.alerts import run_alerts
 
     slack = world["slack"]
     slack.fail_next("chat.postMessage", 503, n=100)
@@ -282,8 +282,8 @@ def test_credits_added_since_the_last_digest(world, capsys) -> None:
 
 
 def test_overlapping_alert_runs_do_not_both_notify(world) -> None:
-    from bot.alerts import LEASE, run_alerts
     from bot.errors import BotError
+    from bot.jobs.alerts import LEASE, run_alerts
 
     app = alerts_app(world, NOW)
     assert app.store().lease_acquire(LEASE, "another-run", NOW, dt.timedelta(minutes=5))

@@ -125,7 +125,7 @@ def test_not_a_database_is_a_data_error(tmp_path: Path) -> None:
 def test_failed_migration_rolls_back(monkeypatch: pytest.MonkeyPatch) -> None:
     conn = sqlite3.connect(":memory:", isolation_level=None)
     migrate(conn, target=1)
-    broken = "CREATE TABLE fine (x); CREATE TABLE broken ("
+    broken = ("CREATE TABLE fine (x)", "CREATE TABLE broken (")
     monkeypatch.setattr("bot.store.MIGRATIONS", [MIGRATIONS[0], broken])
     with pytest.raises(DataError, match="history database is busy or unusable"):
         migrate(conn, target=2)

@@ -13,15 +13,15 @@ from typing import Any
 
 import pytest
 
-from bot.digest import DailyDigest, WeeklyReport, build_daily, build_weekly
+from bot.compute.digest import DailyDigest, WeeklyReport, build_daily, build_weekly
 from bot.models import ActivityRow, ApiKey, Credits
-from bot.output import CSV_FIELDS
-from bot.render import (
+from bot.render.messages import (
     MAX_BLOCKS,
     Renderer,
     fit_slack_limits,
     mrkdwn_escape,
 )
+from bot.render.text import CSV_FIELDS
 from tests.rows import row
 
 DAY = dt.date(2026, 11, 24)  # a Tuesday

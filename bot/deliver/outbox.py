@@ -178,13 +178,8 @@ class Transports:
                               now=now, message_id=msg_id)
             return smtp.send(mime, [target])
         if destination == "stdout":
-            if isinstance(msg, SlackMessage):
-                from bot.render import blocks_to_text
-
-                text = blocks_to_text(msg.blocks) if msg.blocks else msg.text
-            else:
-                text = msg.text
-            sys.stdout.write(text.rstrip("\n") + "\n")
+            # the renderer gives stdout its terminal form: text only
+            sys.stdout.write(msg.text.rstrip("\n") + "\n")
             return ""
         raise ConfigError(f"unknown destination {destination!r}")
 

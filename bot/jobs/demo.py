@@ -14,7 +14,7 @@ from bot.config import Config
 
 def demo_app(now: dt.datetime, storage: Path | str = ":memory:") -> App:
     """An App whose OpenRouter is the bundled sample org and whose history is in memory."""
-    from bot.demo import DEMO_KEY, demo_transport
+    from bot.jobs.sample_org import DEMO_KEY, demo_transport
 
     config = Config(storage_path=Path(storage))
     return App(
@@ -27,12 +27,12 @@ def demo_app(now: dt.datetime, storage: Path | str = ":memory:") -> App:
 
 
 def run_demo(out_dir: str = "out", quiet: bool = False, now: dt.datetime | None = None) -> int:
-    from bot import compute
-    from bot.digest import DailyDigest, WeeklyReport
-    from bot.output import format_text
-    from bot.render import Renderer, blocks_to_text
-    from bot.report import gather_report, resolve_period
-    from bot.send import build
+    from bot.compute import aggregate
+    from bot.compute.digest import DailyDigest, WeeklyReport
+    from bot.jobs.report import gather_report, resolve_period
+    from bot.jobs.send import build
+    from bot.render.messages import Renderer, blocks_to_text
+    from bot.render.text import format_text
 
     now = now or utcnow()
     app = demo_app(now)
@@ -45,7 +45,7 @@ def run_demo(out_dir: str = "out", quiet: bool = False, now: dt.datetime | None 
     out.write(format_text(report))
 
     renderer = Renderer()
-    day = compute.latest_complete_day(now)
+    day = aggregate.latest_complete_day(now)
     daily = build(app, "daily", day).data
     assert isinstance(daily, DailyDigest)
     slack = renderer.daily_slack(daily)

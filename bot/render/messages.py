@@ -33,11 +33,11 @@ from typing import Any
 import jinja2
 
 from bot import fmt
-from bot.chart import chart_png
-from bot.compute import Group
-from bot.digest import DailyDigest, Line, Ranking, WeeklyReport
+from bot.compute.aggregate import Group
+from bot.compute.digest import DailyDigest, Line, Ranking, WeeklyReport
 from bot.models import MailMessage, SlackMessage
-from bot.output import write_csv
+from bot.render.chart import chart_png
+from bot.render.text import write_csv
 
 MAX_BLOCKS = 50
 MAX_SECTION_TEXT = 3000
@@ -356,6 +356,11 @@ class Renderer:
             (f"openrouter-usage-{w.start}-to-{w.end}.csv", "text/csv", _csv_bytes(w))
         )
         return msg
+
+
+def terminal_text(msg: SlackMessage) -> SlackMessage:
+    """The terminal form of a Slack message (the `stdout` destination): text only."""
+    return SlackMessage(text=blocks_to_text(msg.blocks) if msg.blocks else msg.text)
 
 
 def blocks_to_text(blocks: list[dict[str, Any]]) -> str:

@@ -5,35 +5,17 @@ from __future__ import annotations
 import datetime as dt
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from bot import compute
-from bot.compute import DAY, Figures, Group
+from bot.compute import aggregate
+from bot.compute.aggregate import DAY
+from bot.compute.usage import Period, UsageReport, build_report
 from bot.errors import ConfigError
 from bot.models import ActivityRow, ApiKey, Credits
 
 if TYPE_CHECKING:
     from bot.openrouter import OpenRouterClient
     from bot.store import Store
-
-
-@dataclass(frozen=True)
-class Period:
-    """An inclusive range of UTC days."""
-
-    start: dt.date
-    end: dt.date
-
-    @property
-    def days(self) -> int:
-        return (self.end - self.start).days + 1
-
-    @property
-    def label(self) -> str:
-        if self.start == self.end:
-            return f"{self.start.isoformat()} (UTC)"
-        return f"{self.start.isoformat()} to {self.end.isoformat()} (UTC days)"
 
 
 def parse_day(text: str, flag: str) -> dt.date:
@@ -52,7 +34,7 @@ def resolve_period(
     end: str | None = None,
 ) -> Period:
     """The period asked for on the command line; by default the API's 30-day window."""
-    window_start, last_day = compute.api_window(now)
+    window_start, last_day = aggregate.api_window(now)
     if date is not None:
         day = parse_day(date, "--date")
         period = Period(day, day)
@@ -75,52 +57,6 @@ def resolve_period(
     return period
 
 
-@dataclass
-class UsageReport:
-    """Everything the `report` command prints, already aggregated."""
-
-    period: Period
-    as_of: dt.datetime
-    credits: Credits | None
-    rows: list[ActivityRow]
-    totals: Figures
-    by_model: list[Group]
-    by_provider: list[Group]
-    by_date: list[Group]
-    by_key: list[Group] | None = None
-    missing_days: list[dt.date] = field(default_factory=list)
-
-
-def build_report(
-    period: Period,
-    rows: list[ActivityRow],
-    *,
-    as_of: dt.datetime,
-    credits: Credits | None,
-    key_rows: dict[str, list[ActivityRow]] | None = None,
-    key_names: dict[str, str] | None = None,
-    missing_days: list[dt.date] | None = None,
-) -> UsageReport:
-    """Aggregate rows already restricted to `period` into a report (pure)."""
-    rows = sorted(rows, key=lambda r: (r.date, -r.cost, r.model, r.provider, r.endpoint_id))
-    by_key = None
-    if key_rows is not None:
-        active = {h: rs for h, rs in key_rows.items() if rs}
-        by_key = compute.by_key(active, key_names or {})
-    return UsageReport(
-        period=period,
-        as_of=as_of,
-        credits=credits,
-        rows=rows,
-        totals=compute.totals(rows),
-        by_model=compute.by_model(rows),
-        by_provider=compute.by_provider(rows),
-        by_date=compute.by_date(rows, period.start, period.end),
-        by_key=by_key,
-        missing_days=missing_days or [],
-    )
-
-
 def gather_report(
     client: OpenRouterClient,
     store: Store | None,
@@ -132,7 +68,7 @@ def gather_report(
     progress: Callable[[int, int], None] | None = None,
 ) -> UsageReport:
     """Fetch what `period` needs (API for the last 30 days, history before) and aggregate."""
-    window_start, window_end = compute.api_window(now)
+    window_start, window_end = aggregate.api_window(now)
     api_start = max(period.start, window_start)
     rows: list[ActivityRow] = []
     key_rows: dict[str, list[ActivityRow]] = defaultdict(list)
@@ -150,9 +86,9 @@ def gather_report(
         )
         credits = snap.credits
         keys = snap.keys
-        rows.extend(compute.in_range(snap.activity, api_start, period.end))
+        rows.extend(aggregate.in_range(snap.activity, api_start, period.end))
         for h, rs in snap.key_activity.items():
-            key_rows[h].extend(compute.in_range(rs, api_start, period.end))
+            key_rows[h].extend(aggregate.in_range(rs, api_start, period.end))
     elif with_credits or with_keys:
         snap = client.snapshot(now=now, credits=with_credits, keys=with_keys, activity=False)
         credits, keys = snap.credits, snap.keys
@@ -162,7 +98,7 @@ def gather_report(
     if from_history:
         hist_end = min(period.end, window_start - DAY)
         if store is None:
-            missing = compute.days(period.start, hist_end)
+            missing = aggregate.days(period.start, hist_end)
         else:
             rows.extend(store.activity(period.start, hist_end, ""))
             missing = store.missing_days(period.start, hist_end, "")

@@ -15,6 +15,7 @@ from typing import Any
 
 from bot.errors import DataError
 from bot.models import ActivityRow, ApiKey, Credits, Snapshot
+from bot.store.migrations import MIGRATIONS, SCHEMA_VERSION
 
 DAY = dt.timedelta(days=1)
 BUSY_TIMEOUT_MS = 5000
@@ -22,130 +23,6 @@ BUSY_TIMEOUT_MS = 5000
 SETTLE = dt.timedelta(minutes=30)
 ERROR_MAX = 300  # characters of an error message kept on a delivery
 
-# Numbered migrations: MIGRATIONS[n - 1] takes the schema from version n - 1 to n. Never edit
-# one that has shipped; append a new one. Money is TEXT (an exact Decimal), dates are ISO
-# `YYYY-MM-DD`, datetimes ISO UTC with microseconds (so text order is time order).
-MIGRATIONS: list[str] = [
-    # 1: history — credits, activity (org-wide key_hash = '' and per key), coverage, keys, meta
-    """
-    CREATE TABLE credits (
-        id INTEGER PRIMARY KEY,
-        first_seen TEXT NOT NULL,
-        last_seen TEXT NOT NULL,
-        total_credits TEXT NOT NULL,
-        total_usage TEXT NOT NULL
-    );
-    CREATE INDEX credits_first_seen ON credits (first_seen);
-    CREATE TABLE activity (
-        key_hash TEXT NOT NULL,
-        date TEXT NOT NULL,
-        endpoint_id TEXT NOT NULL,
-        model_permaslug TEXT NOT NULL,
-        model TEXT NOT NULL,
-        provider TEXT NOT NULL,
-        usage TEXT NOT NULL,
-        byok_usage TEXT NOT NULL,
-        requests INTEGER NOT NULL,
-        prompt_tokens INTEGER NOT NULL,
-        completion_tokens INTEGER NOT NULL,
-        reasoning_tokens INTEGER NOT NULL,
-        first_seen TEXT NOT NULL,
-        updated_at TEXT NOT NULL,
-        PRIMARY KEY (key_hash, date, endpoint_id, model_permaslug)
-    ) WITHOUT ROWID;
-    CREATE INDEX activity_date ON activity (date);
-    CREATE TABLE coverage (
-        key_hash TEXT NOT NULL,
-        date TEXT NOT NULL,
-        synced_at TEXT NOT NULL,
-        PRIMARY KEY (key_hash, date)
-    ) WITHOUT ROWID;
-    CREATE TABLE keys (
-        hash TEXT PRIMARY KEY,
-        name TEXT NOT NULL,
-        label TEXT NOT NULL,
-        disabled INTEGER NOT NULL,
-        "limit" TEXT,
-        limit_remaining TEXT,
-        limit_reset TEXT,
-        usage TEXT NOT NULL,
-        usage_daily TEXT NOT NULL,
-        usage_weekly TEXT NOT NULL,
-        usage_monthly TEXT NOT NULL,
-        byok_usage TEXT NOT NULL,
-        byok_usage_daily TEXT NOT NULL,
-        byok_usage_weekly TEXT NOT NULL,
-        byok_usage_monthly TEXT NOT NULL,
-        created_at TEXT,
-        expires_at TEXT,
-        first_seen TEXT NOT NULL,
-        last_seen TEXT NOT NULL
-    );
-    CREATE TABLE key_snapshots (
-        id INTEGER PRIMARY KEY,
-        hash TEXT NOT NULL REFERENCES keys (hash),
-        as_of TEXT NOT NULL,
-        disabled INTEGER NOT NULL,
-        "limit" TEXT,
-        limit_remaining TEXT,
-        usage TEXT NOT NULL,
-        usage_daily TEXT NOT NULL,
-        usage_weekly TEXT NOT NULL,
-        usage_monthly TEXT NOT NULL,
-        byok_usage TEXT NOT NULL,
-        byok_usage_daily TEXT NOT NULL,
-        byok_usage_weekly TEXT NOT NULL,
-        byok_usage_monthly TEXT NOT NULL
-    );
-    CREATE INDEX key_snapshots_hash ON key_snapshots (hash, as_of);
-    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-    """,
-    # 2: outbox — one row per (job, period, destination)
-    """
-    CREATE TABLE deliveries (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        job TEXT NOT NULL,
-        period TEXT NOT NULL,
-        destination TEXT NOT NULL,
-        payload TEXT NOT NULL,
-        status TEXT NOT NULL CHECK (status IN ('pending', 'sending', 'sent', 'given_up')),
-        attempts INTEGER NOT NULL DEFAULT 0,
-        forced INTEGER NOT NULL DEFAULT 0,
-        created_at TEXT NOT NULL,
-        last_attempt_at TEXT,
-        sent_at TEXT,
-        last_error TEXT NOT NULL DEFAULT '',
-        ref TEXT NOT NULL DEFAULT '',
-        updated_at TEXT NOT NULL,
-        UNIQUE (job, period, destination)
-    );
-    CREATE INDEX deliveries_status ON deliveries (status, created_at);
-    """,
-    # 3: alert state — one row per (rule, subject)
-    """
-    CREATE TABLE alerts (
-        rule_id TEXT NOT NULL,
-        subject TEXT NOT NULL,
-        status TEXT NOT NULL CHECK (status IN ('firing', 'resolved')),
-        value TEXT NOT NULL,
-        since TEXT NOT NULL,
-        last_notified_at TEXT NOT NULL,
-        threads TEXT NOT NULL DEFAULT '{}',
-        updated_at TEXT NOT NULL,
-        PRIMARY KEY (rule_id, subject)
-    );
-    """,
-    # 4: leases — so two daemons on one database never both send
-    """
-    CREATE TABLE leases (
-        name TEXT PRIMARY KEY,
-        holder TEXT NOT NULL,
-        acquired_at TEXT NOT NULL,
-        expires_at TEXT NOT NULL
-    );
-    """,
-]
-SCHEMA_VERSION = len(MIGRATIONS)
 
 ACTIVITY_MONEY = ("usage", "byok_usage")
 ACTIVITY_COUNTS = ("requests", "prompt_tokens", "completion_tokens", "reasoning_tokens")
@@ -238,9 +115,8 @@ def migrate(conn: sqlite3.Connection, *, target: int | None = None) -> int:
                 "CREATE TABLE IF NOT EXISTS schema_migrations "
                 "(version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)"
             )
-            for statement in MIGRATIONS[version].split(";"):
-                if statement.strip():
-                    conn.execute(statement)
+            for statement in MIGRATIONS[version]:
+                conn.execute(statement)
             version += 1
             # applied_at is an audit note from SQLite's clock, not an input to any logic
             conn.execute(

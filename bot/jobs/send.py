@@ -12,18 +12,18 @@ from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bot import compute
-from bot.compute import DAY
+from bot.compute import aggregate
+from bot.compute.aggregate import DAY
+from bot.compute.digest import DailyDigest, WeeklyReport, build_daily, build_weekly
 from bot.config import require_transport, validate_destination
 from bot.deliver.outbox import Message, Outbox, Outcome, Transports
-from bot.digest import DailyDigest, WeeklyReport, build_daily, build_weekly
 from bot.errors import ConfigError
+from bot.jobs.report import parse_day
 from bot.models import ActivityRow, MailMessage, SlackMessage
-from bot.report import parse_day
 
 if TYPE_CHECKING:
     from bot.app import App
-    from bot.render import Renderer
+    from bot.render.messages import Renderer
     from bot.store import Store
 
 log = logging.getLogger(__name__)
@@ -63,11 +63,11 @@ def _history(
 
 def build(app: App, job: str, day: dt.date, *, sync: bool = True) -> Built:
     """Refresh history from OpenRouter, then build the digest or report for `day`."""
-    from bot.sync import run_sync
+    from bot.jobs.sync import run_sync
 
     store = app.store()
     now = app.now()
-    if day > compute.api_window(now)[1]:
+    if day > aggregate.api_window(now)[1]:
         raise ConfigError(f"--date: {day} is not a completed UTC day yet")
     keys = None
     if sync:
@@ -107,11 +107,16 @@ def _warn_missing(store: Store, start: dt.date, end: dt.date) -> None:
 
 def render_for(renderer: Renderer, built: Built, destination: str, charts: bool) -> Message:
     """The message one destination gets: Slack blocks for Slack, MIME-ready mail for e-mail."""
+    from bot.render.messages import terminal_text
+
     data = built.data
     if destination.startswith("email:"):
         if isinstance(data, DailyDigest):
             return renderer.daily_email(data)
         return renderer.weekly_email(data)
+    if destination == "stdout":
+        return terminal_text(renderer.daily_slack(data, charts=False) if isinstance(
+            data, DailyDigest) else renderer.weekly_slack(data, charts=False))
     if isinstance(data, DailyDigest):
         return renderer.daily_slack(data, charts=charts and destination.startswith("slack:"))
     return renderer.weekly_slack(data, charts=charts and destination.startswith("slack:"))
@@ -127,7 +132,7 @@ def deliver(
     out_dir: Path = Path("out"),
 ) -> list[Outcome]:
     """Render for each destination and hand it to the outbox (or print it on a dry run)."""
-    from bot.render import Renderer
+    from bot.render.messages import Renderer
 
     cfg = app.config
     report_cfg = cfg.daily if built.job == "daily" else cfg.weekly
@@ -188,7 +193,7 @@ def send_command(app: App, args: argparse.Namespace) -> int:
         require_transport(app.config, validate_destination(dest, where), where)
     now = app.now()
     # default: the latest completed UTC day at least 30 minutes old
-    day = parse_day(args.date, "--date") if args.date else compute.latest_complete_day(now)
+    day = parse_day(args.date, "--date") if args.date else aggregate.latest_complete_day(now)
     outbox = Outbox(app.store(), Transports(app.config), app.config.delivery_max_age)
     retried = [] if args.dry_run else outbox.flush(now, jobs=(job,))
     period = period_key(job, day)

@@ -12,8 +12,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from bot import compute, fmt
-from bot.compute import DAY, Figures, Group
+from bot import fmt
+from bot.compute import aggregate
+from bot.compute.aggregate import DAY, Figures, Group
 from bot.models import ZERO, ActivityRow, ApiKey, Credits
 
 
@@ -148,7 +149,7 @@ def _key_groups(
         if name in refs and refs[name] != key_hash:
             name = f"{name} ({key_hash[:8]})"
         refs[name] = key_hash
-        figures[name] = compute.totals(compute.in_range(key_rows[key_hash], start, end))
+        figures[name] = aggregate.totals(aggregate.in_range(key_rows[key_hash], start, end))
     return figures, refs
 
 
@@ -173,9 +174,9 @@ def balance(
     previous_total_credits: Decimal | None,
 ) -> Balance:
     """Runway = remaining credits / average daily OpenRouter usage of the 7 days ending `end`."""
-    week = compute.totals(compute.in_range(rows, end - DAY * 6, end))
+    week = aggregate.totals(aggregate.in_range(rows, end - DAY * 6, end))
     avg = week.usage / 7
-    runway = compute.runway_days(credits.remaining, avg) if credits else None
+    runway = aggregate.runway_days(credits.remaining, avg) if credits else None
     added = ZERO
     if credits and previous_total_credits is not None:
         added = max(credits.total_credits - previous_total_credits, ZERO)
@@ -207,18 +208,18 @@ def build_daily(
 ) -> DailyDigest:
     """The daily digest for UTC day `day`; `rows` should cover day-13 .. day."""
     prev_day = day - DAY
-    on_day = compute.in_range(rows, day, day)
-    on_prev = compute.in_range(rows, prev_day, prev_day)
-    trailing = compute.totals(compute.in_range(rows, day - DAY * 7, prev_day))
+    on_day = aggregate.in_range(rows, day, day)
+    on_prev = aggregate.in_range(rows, prev_day, prev_day)
+    trailing = aggregate.totals(aggregate.in_range(rows, day - DAY * 7, prev_day))
     kc, refs = _key_groups(key_rows, key_names, day, day)
     kp, _ = _key_groups(key_rows, key_names, prev_day, prev_day)
-    by_model = lambda rs: compute.group_by(rs, lambda r: r.model)  # noqa: E731
-    by_provider = lambda rs: compute.group_by(rs, lambda r: r.provider)  # noqa: E731
+    by_model = lambda rs: aggregate.group_by(rs, lambda r: r.model)  # noqa: E731
+    by_provider = lambda rs: aggregate.group_by(rs, lambda r: r.provider)  # noqa: E731
     return DailyDigest(
         day=day,
         as_of=as_of,
-        spend=compute.totals(on_day),
-        previous=compute.totals(on_prev),
+        spend=aggregate.totals(on_day),
+        previous=aggregate.totals(on_prev),
         avg7=trailing.cost / 7,
         today_so_far=today_so_far(keys),
         balance=balance(credits, rows, day, previous_total_credits),
@@ -226,7 +227,7 @@ def build_daily(
         providers=_ranking(by_provider(on_day), by_provider(on_prev), top),
         keys=_ranking(kc, kp, top, refs),
         new_models=_new_models(rows, day, day, day - DAY * 7),
-        chart=compute.by_date(rows, day - DAY * 13, day),
+        chart=aggregate.by_date(rows, day - DAY * 13, day),
         top=top,
     )
 
@@ -246,31 +247,31 @@ def build_weekly(
     before and the month of `end`."""
     start = end - DAY * 6
     prev_start, prev_end = start - DAY * 7, start - DAY
-    week = compute.in_range(rows, start, end)
-    prev = compute.in_range(rows, prev_start, prev_end)
+    week = aggregate.in_range(rows, start, end)
+    prev = aggregate.in_range(rows, prev_start, prev_end)
     kc, refs = _key_groups(key_rows, key_names, start, end)
     kp, _ = _key_groups(key_rows, key_names, prev_start, prev_end)
-    models_now = compute.group_by(week, lambda r: r.model)
-    models_prev = compute.group_by(prev, lambda r: r.model)
+    models_now = aggregate.group_by(week, lambda r: r.model)
+    models_prev = aggregate.group_by(prev, lambda r: r.model)
     all_models = _ranking(models_now, models_prev, len(models_now) + 1)
     movers = sorted(
         (line for line in all_models.lines if line.delta > 0),
         key=lambda line: (-line.delta, line.name),
     )[:top]
     month_start = end.replace(day=1)
-    mtd = compute.totals(compute.in_range(rows, month_start, end)).cost
+    mtd = aggregate.totals(aggregate.in_range(rows, month_start, end)).cost
     elapsed = (end - month_start).days + 1
     month_days = calendar.monthrange(end.year, end.month)[1]
     return WeeklyReport(
         start=start,
         end=end,
         as_of=as_of,
-        spend=compute.totals(week),
-        previous=compute.totals(prev),
+        spend=aggregate.totals(week),
+        previous=aggregate.totals(prev),
         models=_ranking(models_now, models_prev, top),
         providers=_ranking(
-            compute.group_by(week, lambda r: r.provider),
-            compute.group_by(prev, lambda r: r.provider),
+            aggregate.group_by(week, lambda r: r.provider),
+            aggregate.group_by(prev, lambda r: r.provider),
             top,
         ),
         keys=_ranking(kc, kp, top, refs),
@@ -280,7 +281,7 @@ def build_weekly(
         month_projection=mtd / elapsed * month_days,
         month_days_elapsed=elapsed,
         balance=balance(credits, rows, end, previous_total_credits),
-        chart=compute.by_date(rows, prev_start, end),
+        chart=aggregate.by_date(rows, prev_start, end),
         rows=sorted(week, key=lambda r: (r.date, -r.cost, r.model, r.endpoint_id)),
         top=top,
     )

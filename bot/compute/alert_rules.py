@@ -11,10 +11,11 @@ import datetime as dt
 from dataclasses import dataclass, replace
 from decimal import Decimal
 
-from bot import compute, fmt
-from bot.compute import DAY
+from bot import fmt
+from bot.compute import aggregate
+from bot.compute.aggregate import DAY
+from bot.compute.digest import today_so_far
 from bot.config import AlertRule
-from bot.digest import today_so_far
 from bot.models import ActivityRow, ApiKey, Credits
 
 CREDITS_URL = "https://openrouter.ai/settings/credits"
@@ -114,8 +115,8 @@ def evaluate(rule: AlertRule, data: Inputs, margin: Decimal) -> list[Observation
     if rule.kind == "runway":
         if data.credits is None:
             return []
-        week = compute.totals(compute.in_range(data.rows, data.day - DAY * 6, data.day))
-        runway = compute.runway_days(data.credits.remaining, week.usage / 7)
+        week = aggregate.totals(aggregate.in_range(data.rows, data.day - DAY * 6, data.day))
+        runway = aggregate.runway_days(data.credits.remaining, week.usage / 7)
         limit = _d(rule.below_days or 0)
         firing = runway is not None and runway < limit
         clear = runway is None or runway >= limit * up
@@ -143,9 +144,9 @@ def evaluate(rule: AlertRule, data: Inputs, margin: Decimal) -> list[Observation
             )
         ]
     if rule.kind == "spike":
-        on_day = compute.totals(compute.in_range(data.rows, data.day, data.day)).cost
-        trailing = compute.totals(
-            compute.in_range(data.rows, data.day - DAY * 7, data.day - DAY)
+        on_day = aggregate.totals(aggregate.in_range(data.rows, data.day, data.day)).cost
+        trailing = aggregate.totals(
+            aggregate.in_range(data.rows, data.day - DAY * 7, data.day - DAY)
         ).cost / 7
         factor, floor = _d(rule.factor or 0), _d(rule.min_usd)
         line = factor * trailing
@@ -185,8 +186,8 @@ def evaluate(rule: AlertRule, data: Inputs, margin: Decimal) -> list[Observation
         return out
     if rule.kind == "model_spend":
         limit = _d(rule.above_usd or 0)
-        groups = compute.group_by(
-            compute.in_range(data.rows, data.day, data.day), lambda r: r.model
+        groups = aggregate.group_by(
+            aggregate.in_range(data.rows, data.day, data.day), lambda r: r.model
         )
         out = []
         for model, fig in sorted(groups.items()):

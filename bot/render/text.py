@@ -9,9 +9,9 @@ from decimal import Decimal
 from typing import IO, Any
 
 from bot import fmt
-from bot.compute import Group
+from bot.compute.aggregate import Group
+from bot.compute.usage import UsageReport
 from bot.models import ZERO, ActivityRow
-from bot.report import UsageReport
 
 CSV_FIELDS = (
     "date",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 
-from bot.compute import Group
+from bot.compute.aggregate import Group
 
 STRONG = "#2563eb"
 MUTED = "#c7d2e3"

@@ -18,17 +18,17 @@ from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bot import compute
-from bot.alert_rules import Inputs, Observation, State, evaluate, step
-from bot.compute import DAY
+from bot.compute import aggregate
+from bot.compute.aggregate import DAY
+from bot.compute.alert_rules import Inputs, Observation, State, evaluate, step
 from bot.config import AlertRule
 from bot.deliver.outbox import Outbox, Outcome, Transports
 from bot.errors import BotError, ConfigError
-from bot.send import print_dry_run
+from bot.jobs.send import print_dry_run
 
 if TYPE_CHECKING:
     from bot.app import App
-    from bot.render import Renderer
+    from bot.render.messages import Renderer
     from bot.store import AlertState, Store
 
 log = logging.getLogger(__name__)
@@ -113,8 +113,8 @@ def gather_inputs(app: App, now: dt.datetime, *, save: bool = True) -> Inputs:
         snap = client.snapshot(now=now, credits=True, keys=True, per_key=False)
     if save:
         app.store().save_snapshot(snap)
-    day = compute.latest_complete_day(now)
-    rows = compute.in_range(snap.activity, day - DAY * 7, day)
+    day = aggregate.latest_complete_day(now)
+    rows = aggregate.in_range(snap.activity, day - DAY * 7, day)
     return Inputs(as_of=now, day=day, credits=snap.credits, keys=snap.keys, rows=rows)
 
 
@@ -143,7 +143,10 @@ def render(renderer: Renderer, event: Event, dest: str, repeat_every: dt.timedel
     }
     if dest.startswith("email:"):
         return renderer.email("alert", **ctx)
-    return renderer.slack("alert", **ctx)
+    from bot.render.messages import terminal_text
+
+    msg = renderer.slack("alert", **ctx)
+    return terminal_text(msg) if dest == "stdout" else msg
 
 
 def run_alerts(app: App, *, dry_run: bool = False) -> list[tuple[Event, list[Outcome]]]:
@@ -166,7 +169,7 @@ def run_alerts(app: App, *, dry_run: bool = False) -> list[tuple[Event, list[Out
 def _evaluate_and_deliver(
     app: App, now: dt.datetime, *, dry_run: bool
 ) -> list[tuple[Event, list[Outcome]]]:
-    from bot.render import Renderer
+    from bot.render.messages import Renderer
 
     cfg = app.config.alerts
     store = app.existing_store() if dry_run else app.store()

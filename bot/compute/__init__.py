@@ -1,0 +1,1 @@
+"""Pure numbers: aggregates, deltas, digests, forecasts and alert rules (no I/O, no words)."""

@@ -1,0 +1,1 @@
+"""Jobs: one function per command that takes its inputs and returns a result (no printing)."""

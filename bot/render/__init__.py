@@ -1,0 +1,1 @@
+"""Rendering: Jinja environment and filters, Slack limits, text/JSON/CSV, charts."""
