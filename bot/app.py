@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,7 @@ from bot.errors import ConfigError
 if TYPE_CHECKING:
     import httpx
 
+    from bot.deliver.outbox import Transports
     from bot.openrouter import OpenRouterClient
     from bot.store import Store
 
@@ -27,11 +29,13 @@ def utcnow() -> dt.datetime:
 
 @dataclass
 class App:
-    """One run's collaborators, created lazily; `now` is the clock everything below uses."""
+    """One run's collaborators, created lazily; `now` is the clock everything below uses and
+    `sleep` the one wait (retry backoff) every client and sender uses."""
 
     config: Config
     env: Mapping[str, str]
     now: Callable[[], dt.datetime] = utcnow
+    sleep: Callable[[float], None] = time.sleep
     transport: httpx.BaseTransport | None = None
     openrouter_key: str | None = None
     _store: Store | None = field(default=None, repr=False)
@@ -55,7 +59,14 @@ class App:
             max_attempts=max_attempts or self.config.openrouter.max_attempts,
             retry_budget=self.config.openrouter.retry_budget.total_seconds(),
             transport=self.transport,
+            sleep=self.sleep,
         )
+
+    def transports(self) -> Transports:
+        """The Slack and SMTP senders (each created on first use)."""
+        from bot.deliver.outbox import Transports
+
+        return Transports(self.config, sleep=self.sleep)
 
     def store(self) -> Store:
         """The history database, created and migrated on first use."""

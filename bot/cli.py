@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from bot import __version__
@@ -113,7 +115,15 @@ def setup_logging(verbose: bool, quiet: bool, daemon: bool = False) -> None:
         logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
-def make_app(args: argparse.Namespace, *, need_config: bool) -> App:
+@dataclass(frozen=True)
+class Hooks:
+    """What a caller of :func:`main` may put in place of the real clock and waits (tests)."""
+
+    now: Callable[[], dt.datetime] | None = None
+    sleep: Callable[[float], None] | None = None
+
+
+def make_app(args: argparse.Namespace, *, need_config: bool, hooks: Hooks = Hooks()) -> App:
     from bot.app import App
     from bot.config import find_config_path, load_config, load_env
 
@@ -125,6 +135,10 @@ def make_app(args: argparse.Namespace, *, need_config: bool) -> App:
             "./config.yaml (see config.example.yaml)"
         )
     app = App(config=load_config(path, env, strict=need_config), env=env)
+    if hooks.now is not None:
+        app.now = hooks.now
+    if hooks.sleep is not None:
+        app.sleep = hooks.sleep
     REDACTOR.secrets = app.secrets()
     return app
 
@@ -144,13 +158,13 @@ def progress_bar(label: str, quiet: bool) -> Callable[[int, int], None] | None:
     return show
 
 
-def cmd_report(args: argparse.Namespace) -> int:
+def cmd_report(args: argparse.Namespace, hooks: Hooks) -> int:
     from bot.jobs.report import gather_report, resolve_period
     from bot.render.text import format_text, missing_note, to_json, write_csv
 
     if args.end and not args.start:
         raise ConfigError("--to needs --from")
-    app = make_app(args, need_config=False)
+    app = make_app(args, need_config=False, hooks=hooks)
     now = app.now()
     period = resolve_period(now, date=args.date, days=args.days, start=args.start, end=args.end)
     with app.client() as client:
@@ -174,10 +188,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_sync(args: argparse.Namespace) -> int:
+def cmd_sync(args: argparse.Namespace, hooks: Hooks) -> int:
     from bot.jobs.sync import run_sync
 
-    app = make_app(args, need_config=False)
+    app = make_app(args, need_config=False, hooks=hooks)
     with app.client() as client:
         stats = run_sync(
             client,
@@ -190,37 +204,37 @@ def cmd_sync(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
+def cmd_demo(args: argparse.Namespace, hooks: Hooks) -> int:
     from bot.jobs.demo import run_demo
 
     return run_demo(out_dir=args.out, quiet=args.quiet)
 
 
-def cmd_send(args: argparse.Namespace) -> int:
+def cmd_send(args: argparse.Namespace, hooks: Hooks) -> int:
     from bot.jobs.send import send_command
 
-    return send_command(make_app(args, need_config=True), args)
+    return send_command(make_app(args, need_config=True, hooks=hooks), args)
 
 
-def cmd_alerts(args: argparse.Namespace) -> int:
+def cmd_alerts(args: argparse.Namespace, hooks: Hooks) -> int:
     from bot.jobs.alerts import alerts_command
 
-    return alerts_command(make_app(args, need_config=True), dry_run=args.dry_run)
+    return alerts_command(make_app(args, need_config=True, hooks=hooks), dry_run=args.dry_run)
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def cmd_run(args: argparse.Namespace, hooks: Hooks) -> int:
     from bot.scheduler import run_daemon
 
-    return run_daemon(make_app(args, need_config=True))
+    return run_daemon(make_app(args, need_config=True, hooks=hooks))
 
 
-def cmd_check(args: argparse.Namespace) -> int:
+def cmd_check(args: argparse.Namespace, hooks: Hooks) -> int:
     from bot.jobs.check import run_check
 
-    return run_check(make_app(args, need_config=True))
+    return run_check(make_app(args, need_config=True, hooks=hooks))
 
 
-COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+COMMANDS: dict[str, Callable[[argparse.Namespace, Hooks], int]] = {
     "report": cmd_report,
     "sync": cmd_sync,
     "demo": cmd_demo,
@@ -231,7 +245,13 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 }
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(
+    argv: Sequence[str] | None = None,
+    *,
+    now: Callable[[], dt.datetime] | None = None,
+    sleep: Callable[[float], None] | None = None,
+) -> int:
+    """Run one command; ``now`` and ``sleep`` replace the wall clock and real waits (tests)."""
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -239,7 +259,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code or 0)
     setup_logging(args.verbose, args.quiet, daemon=args.command == "run")
     try:
-        return COMMANDS[args.command](args)
+        return COMMANDS[args.command](args, Hooks(now=now, sleep=sleep))
     except BotError as exc:
         if args.verbose:
             log.debug("traceback", exc_info=True)

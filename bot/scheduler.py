@@ -203,10 +203,10 @@ class Daemon:
                          + ", ".join(o.status for o in outs) for e, outs in results)
 
     def flush(self) -> str:
-        from bot.deliver.outbox import Outbox, Transports
+        from bot.deliver.outbox import Outbox
 
         cfg = self.app.config
-        outbox = Outbox(self.app.store(), Transports(cfg), cfg.delivery_max_age)
+        outbox = Outbox(self.app.store(), self.app.transports(), cfg.delivery_max_age)
         done = outbox.flush(self.app.now(), jobs=("daily", "weekly"))
         return ", ".join(o.line() for o in done) if done else "nothing pending"
 

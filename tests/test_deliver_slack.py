@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 
 import pytest
 
@@ -26,6 +25,7 @@ def sender(fake: FakeSlack, **kwargs: object) -> SlackSender:
         "base_url": fake.base_url,
         "timeout": 5,
         "retry_backoff": 0.001,
+        "sleep": lambda seconds: None,  # backoff is asserted through `waits`, never waited
     }
     options.update(kwargs)
     return SlackSender(**options)
@@ -68,15 +68,14 @@ def test_thread_reply_passes_thread_ts_and_broadcast(fake_slack: FakeSlack) -> N
 def test_rate_limit_honours_retry_after_and_posts_once(
     fake_slack: FakeSlack, caplog: pytest.LogCaptureFixture
 ) -> None:
-    fake_slack.fail_next("chat.postMessage", 429, headers={"Retry-After": "1"})
+    fake_slack.fail_next("chat.postMessage", 429, headers={"Retry-After": "7"})
+    waits: list[float] = []
 
-    started = time.monotonic()
     with caplog.at_level(logging.WARNING, logger="bot.deliver.slack"):
-        ts = sender(fake_slack).post("#ops", MSG)
-    elapsed = time.monotonic() - started
+        ts = sender(fake_slack, sleep=waits.append).post("#ops", MSG)
 
     assert ts
-    assert elapsed >= 1.0
+    assert len(waits) == 1 and 7 <= waits[0] < 8  # Retry-After, plus under a second of jitter
     assert [c.status for c in fake_slack.calls_to("chat.postMessage")] == [429, 200]
     assert len(fake_slack.posts) == 1
     assert "HTTP 429, retrying (1 of 3)" in caplog.text

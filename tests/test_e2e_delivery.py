@@ -79,8 +79,12 @@ alerts:
             "config": config, "env": env, "tmp": tmp_path}
 
 
+def no_wait(seconds: float) -> None:
+    """Retry backoff in these tests is never waited for."""
+
+
 def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
+    code = main(list(argv), sleep=no_wait)
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -132,8 +136,11 @@ def test_daily_digest_to_slack_and_mail_once(world, capsys) -> None:
 def test_slack_outage_keeps_the_digest_and_delivers_it_later_once(world, capsys) -> None:
     slack, smtp = world["slack"], world["smtp"]
     slack.fail_next("chat.postMessage", 503, n=50)
-    code, out, _ = cli(capsys, "send", "daily")
+    waits: list[float] = []
+    code = main(["send", "daily"], sleep=waits.append)
+    out = capsys.readouterr().out
     assert code == 1  # a delivery failed
+    assert len(waits) == 3  # slack-sdk's three retries waited through the injected sleep
     assert "slack:#ops: failed" in out and "email:lead@example.com: sent" in out
     assert slack.posts == [] and len(smtp.messages) == 1
     slack.faults.clear()
@@ -179,7 +186,7 @@ def test_weekly_mail_has_chart_csv_and_matching_totals(world, capsys) -> None:
 
 def alerts_app(world: dict[str, Any], now: dt.datetime) -> App:
     return App(config=load_config(world["config"], world["env"]), env=world["env"],
-               now=lambda: now)
+               now=lambda: now, sleep=no_wait)
 
 
 def test_alert_lifecycle_in_slack_threads(world) -> None:

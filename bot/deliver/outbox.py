@@ -17,6 +17,8 @@ import hashlib
 import json
 import logging
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -125,8 +127,9 @@ def message_id(job: str, period: str, destination: str, attempt_key: str, sender
 class Transports:
     """Creates the Slack and SMTP senders on first use and sends one message to one place."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, sleep: Callable[[float], None] = time.sleep) -> None:
         self.config = config
+        self._sleep = sleep  # waits between retries (tests pass one that returns at once)
         self._slack: SlackSender | None = None
         self._smtp: SmtpSender | None = None
 
@@ -137,7 +140,7 @@ class Transports:
             cfg = self.config.slack
             self._slack = SlackSender(
                 token=cfg.token, webhook_url=cfg.webhook_url, base_url=cfg.base_url,
-                charts=cfg.charts,
+                charts=cfg.charts, sleep=self._sleep,
             )
         return self._slack
 

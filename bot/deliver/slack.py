@@ -6,6 +6,7 @@ import json
 import logging
 import random
 import re
+import time
 from collections.abc import Callable
 from http.client import HTTPException
 from typing import Any, TypeVar
@@ -72,12 +73,14 @@ class _ServerErrorRetryHandler(ServerErrorRetryHandler):
 
 
 class _LoggedRetry(RetryHandler):
-    """Wraps a retry handler to log each retry in this module's words (never the URL)."""
+    """Wraps a retry handler to log each retry in this module's words (never the URL) and to
+    wait through the injected ``sleep`` (slack-sdk's handlers call ``time.sleep`` themselves)."""
 
-    def __init__(self, inner: RetryHandler, target: str) -> None:
+    def __init__(self, inner: RetryHandler, target: str, sleep: Callable[[float], None]) -> None:
         super().__init__(inner.max_retry_count, inner.interval_calculator)
         self._inner = inner
         self._target = target
+        self._sleep = sleep
 
     def can_retry(
         self,
@@ -112,9 +115,22 @@ class _LoggedRetry(RetryHandler):
             state.current_attempt + 1,
             self.max_retry_count,
         )
-        self._inner.prepare_for_next_attempt(
-            state=state, request=request, response=response, error=error
-        )
+        state.next_attempt_requested = True
+        self._sleep(self._wait(state, response))
+        state.increment_current_attempt()
+
+    def _wait(self, state: RetryState, response: HttpResponse | None) -> float:
+        """Seconds before the next attempt: Slack's ``Retry-After`` on a 429, else the backoff."""
+        if response is not None and response.status_code == 429:
+            for name, values in response.headers.items():
+                if name.lower() == "retry-after" and values:
+                    value = values[0] if isinstance(values, list) else values
+                    try:
+                        return float(value) + random.random()
+                    except ValueError:
+                        break
+            return 1 + random.random()
+        return self._inner.interval_calculator.calculate_sleep_duration(state.current_attempt)
 
 
 def _api_reason(response: Any) -> str:
@@ -154,6 +170,7 @@ class SlackSender:
         max_retries: int = 3,
         charts: bool = False,
         retry_backoff: float = 0.5,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self._token = token or None
         self._webhook_url = webhook_url or None
@@ -169,6 +186,7 @@ class SlackSender:
         self._charts = charts
         self._max_retries = max_retries
         self._backoff = retry_backoff
+        self._sleep = sleep
         self._web: WebClient | None = None
         self._hook: WebhookClient | None = None
         if self._token is not None:
@@ -200,7 +218,7 @@ class SlackSender:
                 max_retry_count=self._max_retries, interval_calculator=interval
             ),
         ]
-        return [_LoggedRetry(handler, target) for handler in handlers]
+        return [_LoggedRetry(handler, target, self._sleep) for handler in handlers]
 
     # -- posting ---------------------------------------------------------------------------
 

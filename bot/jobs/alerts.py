@@ -22,7 +22,7 @@ from bot.compute import aggregate
 from bot.compute.aggregate import DAY
 from bot.compute.alert_rules import Inputs, Observation, State, evaluate, step
 from bot.config import AlertRule
-from bot.deliver.outbox import Outbox, Outcome, Transports
+from bot.deliver.outbox import Outbox, Outcome
 from bot.errors import BotError, ConfigError
 from bot.jobs.send import print_dry_run
 
@@ -174,7 +174,7 @@ def _evaluate_and_deliver(
     cfg = app.config.alerts
     store = app.existing_store() if dry_run else app.store()
     if store is not None and not dry_run:
-        outbox = Outbox(store, Transports(app.config), app.config.delivery_max_age)
+        outbox = Outbox(store, app.transports(), app.config.delivery_max_age)
         retried = outbox.flush(now, jobs=(JOB,))
         for outcome in retried:
             log.info("retried alert delivery: %s", outcome.line())

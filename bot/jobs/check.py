@@ -48,9 +48,7 @@ def checks(app: App) -> list[tuple[str, Callable[[], str]]]:
 
     out.append(("History database", history))
     dests = _all_destinations(app)
-    from bot.deliver.outbox import Transports
-
-    transports = Transports(cfg)  # senders are created only when a check uses them
+    transports = app.transports()  # senders are created only when a check uses them
     if any(d.startswith("slack:") and d != "slack:webhook" for d in dests) or cfg.slack.token:
         out.append(("Slack auth", lambda: transports.slack().auth_test()))
         for dest in dests:

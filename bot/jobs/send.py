@@ -16,7 +16,7 @@ from bot.compute import aggregate
 from bot.compute.aggregate import DAY
 from bot.compute.digest import DailyDigest, WeeklyReport, build_daily, build_weekly
 from bot.config import require_transport, validate_destination
-from bot.deliver.outbox import Message, Outbox, Outcome, Transports
+from bot.deliver.outbox import Message, Outbox, Outcome
 from bot.errors import ConfigError
 from bot.jobs.report import parse_day
 from bot.models import ActivityRow, MailMessage, SlackMessage
@@ -140,7 +140,7 @@ def deliver(
         return [Outcome(d, "skipped", "no spend in the period") for d in destinations]
     renderer = Renderer(cfg.templates_dir)
     now = app.now()
-    outbox = Outbox(app.store(), Transports(cfg), cfg.delivery_max_age)
+    outbox = Outbox(app.store(), app.transports(), cfg.delivery_max_age)
     outcomes = []
     for dest in destinations:
         msg = render_for(renderer, built, dest, cfg.slack.charts)
@@ -194,7 +194,7 @@ def send_command(app: App, args: argparse.Namespace) -> int:
     now = app.now()
     # default: the latest completed UTC day at least 30 minutes old
     day = parse_day(args.date, "--date") if args.date else aggregate.latest_complete_day(now)
-    outbox = Outbox(app.store(), Transports(app.config), app.config.delivery_max_age)
+    outbox = Outbox(app.store(), app.transports(), app.config.delivery_max_age)
     retried = [] if args.dry_run else outbox.flush(now, jobs=(job,))
     period = period_key(job, day)
     if not (args.dry_run or args.force):
