@@ -7,11 +7,13 @@ Every problem is one ``ConfigError`` whose message starts with the key path, for
 from __future__ import annotations
 
 import datetime as dt
+import math
 import os
 import re
 import types
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -82,12 +84,12 @@ class AlertRule:
     index: int
     name: str = ""
     to: tuple[str, ...] = ()
-    below_usd: float | None = None
-    below_percent: float | None = None
-    below_days: float | None = None
-    above_usd: float | None = None
-    factor: float | None = None
-    min_usd: float = 0.0
+    below_usd: Decimal | None = None
+    below_percent: Decimal | None = None
+    below_days: Decimal | None = None
+    above_usd: Decimal | None = None
+    factor: Decimal | None = None
+    min_usd: Decimal = Decimal(0)
     model: str | None = None
 
     @property
@@ -100,7 +102,7 @@ class AlertRule:
 class AlertsConfig:
     check_every: dt.timedelta = dt.timedelta(minutes=15)
     repeat_every: dt.timedelta = dt.timedelta(hours=24)
-    hysteresis_percent: float = 5.0
+    hysteresis_percent: Decimal = Decimal(5)
     to: tuple[str, ...] = ()
     rules: tuple[AlertRule, ...] = ()
 
@@ -255,6 +257,16 @@ def _number(value: Any, path: str) -> float:
     if value < 0:
         raise ConfigError(f"{path}: must not be negative")
     return float(value)
+
+
+def _decimal(value: Any, path: str) -> Decimal:
+    """A non-negative number as an exact Decimal: `0.1` in the YAML is 0.1, not a float's."""
+    value = _from_env(value, path, int | float)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ConfigError(f"{path}: expected a number")
+    if value < 0:
+        raise ConfigError(f"{path}: must not be negative")
+    return Decimal(str(value))
 
 
 def _seconds(value: Any, path: str) -> float:
@@ -475,7 +487,7 @@ def _report(sec: _Section, *, weekly: bool) -> ReportConfig:
 def _alerts(sec: _Section) -> AlertsConfig:
     check_every = sec.get("check_every", _duration, dt.timedelta(minutes=15))
     repeat_every = sec.get("repeat_every", _duration, dt.timedelta(hours=24))
-    hysteresis = sec.get("hysteresis_percent", _number, 5.0)
+    hysteresis = sec.get("hysteresis_percent", _decimal, Decimal(5))
     if not 0 <= hysteresis < 100:
         raise ConfigError(f"{sec.at('hysteresis_percent')}: expected a percentage below 100")
     to = sec.get("to", _destinations, ())
@@ -502,7 +514,7 @@ def _rule(data: Any, index: int, path: str) -> AlertRule:
     if kind is None:
         raise ConfigError(f"{path}.kind: required, one of {', '.join(ALERT_KINDS)}")
     required, extras = ALERT_KINDS[kind]
-    values = {k: sec.get(k, _number) for k in required + tuple(x for x in extras if x != "model")}
+    values = {k: sec.get(k, _decimal) for k in required + tuple(x for x in extras if x != "model")}
     if all(values[k] is None for k in required):
         raise ConfigError(f"{path}: a {kind} rule needs {' or '.join(required)}")
     rule = AlertRule(

@@ -1,4 +1,5 @@
-"""Plain dataclasses shared by every layer: activity rows, keys, credits and snapshots.
+"""Plain dataclasses shared by every layer: activity rows, keys, credits, snapshots, messages
+and alert state.
 
 Money is ``Decimal`` throughout (parsed from the API's JSON text), so sums are exact and
 rounding happens only when a figure is displayed.
@@ -9,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
 
 ZERO = Decimal(0)
 
@@ -137,3 +138,21 @@ class MailMessage:
     html: str
     inline_images: dict[str, bytes] = field(default_factory=dict)
     attachments: list[tuple[str, str, bytes]] = field(default_factory=list)
+
+
+AlertStatus = Literal["firing", "resolved"]
+
+
+@dataclass(frozen=True)
+class AlertState:
+    """An alert's remembered state, one per (rule_id, subject): stepped by
+    ``compute.alert_rules.step``, kept in the history database between runs."""
+
+    rule_id: str
+    subject: str
+    status: AlertStatus
+    value: str  # the figure last observed, as a plain number (for people reading the database)
+    since: dt.datetime  # when the current (or last) episode began firing
+    last_notified_at: dt.datetime
+    threads: dict[str, str] = field(default_factory=dict)  # destination -> Slack ts
+    updated_at: dt.datetime | None = None

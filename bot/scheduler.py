@@ -199,7 +199,7 @@ class Daemon:
         results = run_alerts(self.app)
         if not results:
             return "nothing changed"
-        return "; ".join(f"{e.action} {e.obs.rule.id} {e.obs.subject_name}: "
+        return "; ".join(f"{e.action} {e.obs.rule.id} {e.obs.name or e.obs.subject}: "
                          + ", ".join(o.status for o in outs) for e, outs in results)
 
     def flush(self) -> str:

@@ -7,8 +7,8 @@ from decimal import Decimal
 
 import pytest
 
-from bot import fmt
 from bot.compute import aggregate
+from bot.render import fmt
 from tests.rows import row
 
 D = Decimal
@@ -72,7 +72,8 @@ def test_by_key_uses_names_and_falls_back_to_hash() -> None:
 
 def test_change_and_runway() -> None:
     assert aggregate.change(D(110), D(100)) == D("0.1")
-    assert aggregate.change(D(5), D(0)) is None
+    assert aggregate.change(D(5), D(0)) is None  # new
+    assert aggregate.change(D(0), D(0)) == 0
     assert aggregate.runway_days(D(70), D(10)) == D(7)
     assert aggregate.runway_days(D(70), D(0)) is None
     assert aggregate.runway_days(D(-5), D(10)) == D(0)
@@ -117,10 +118,20 @@ def test_money(value: Decimal | None, text: str) -> None:
         (D(0), D(0), "0.0%"),
         (D(100), D(100), "0.0%"),
         (D(0), D(10), "-100.0%"),
+        (D("100.04"), D(100), "0.0%"),
+        (D("99.95"), D(100), "-0.1%"),
     ],
 )
-def test_delta_label(current: Decimal, previous: Decimal, text: str) -> None:
-    assert fmt.delta_label(current, previous) == text
+def test_change_label(current: Decimal, previous: Decimal, text: str) -> None:
+    assert fmt.change(aggregate.change(current, previous)) == text
+
+
+@pytest.mark.parametrize(
+    ("ratio", "trend"),
+    [(None, "up"), (D("0.1"), "up"), (D("-0.04"), "down"), (D("0.0004"), "flat"), (D(0), "flat")],
+)
+def test_trend_follows_the_change_as_shown(ratio: Decimal | None, trend: str) -> None:
+    assert fmt.trend(ratio) == trend
 
 
 def test_days_label_and_bar() -> None:

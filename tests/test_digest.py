@@ -33,7 +33,7 @@ def test_daily_figures() -> None:
     assert d.spend.cost == D("15.004") and d.spend.byok_usage == D(3)
     assert d.previous.cost == D(10)
     assert d.avg7 == D(10)
-    assert d.change_vs_previous == "+50.0%" and d.change_vs_avg == "+50.0%"
+    assert d.change_vs_previous == D("0.5004") and d.change_vs_avg == D("0.5004")
     assert d.today_so_far is not None and d.today_so_far.cost == D(4)
     # runway: $70 left / average daily usage of the 7 days ending D ((6*10 + 12.004) / 7)
     assert d.balance.avg_daily_usage == D("72.004") / 7
@@ -41,7 +41,7 @@ def test_daily_figures() -> None:
     assert d.balance.credits_added == D(100)
     assert d.new_models == ["new/model"]
     assert [(line.name, line.cost, line.change) for line in d.models.lines] == [
-        ("openai/gpt-4o", D(15), "+50.0%"), ("new/model", D("0.004"), "new")]
+        ("openai/gpt-4o", D(15), D("0.5")), ("new/model", D("0.004"), None)]
     # two keys share a name: both listed, told apart by their hash
     assert [line.name for line in d.keys.lines] == ["prod", "prod (h2)"]
     assert [line.ref for line in d.keys.lines] == ["h1", "h2"]
@@ -52,7 +52,7 @@ def test_daily_empty_day_and_no_credits() -> None:
     d = build_daily(DAY, as_of=AS_OF, rows=[row(day(1), usage="5")], key_rows={}, key_names={},
                     keys=[], credits=None)
     assert d.empty and d.spend.cost == 0
-    assert d.change_vs_previous == "-100.0%"
+    assert d.change_vs_previous == D(-1) and d.change_vs_avg == D(-1)
     assert d.today_so_far is None and d.balance.runway_days is None
     assert d.models.total == 0 and d.new_models == []
 
@@ -74,7 +74,7 @@ def test_weekly_figures_movers_and_month_projection() -> None:
                      credits=Credits(D(100), D(30)), top=10)
     assert (w.start, w.end) == (dt.date(2026, 11, 18), DAY)
     assert w.spend.cost == D("24.5") and w.previous.cost == D(28)
-    assert w.change == "-12.5%"
+    assert w.change == D("-0.125")
     assert [(m.name, m.delta) for m in w.movers] == [("a", D(7)), ("c", D("3.5"))]
     assert w.new_models == ["c"]
     # month to date: Nov 1-24 holds Nov 11-24 only = 28 + 24.5

@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from bot import fmt
 from bot.app import App
 from bot.cli import main
 from bot.config import load_config
+from bot.render import fmt
 from tests.fake_openrouter import MANAGEMENT_KEY, FakeOpenRouter, sample_org
 from tests.fake_slack import FakeSlack
 from tests.fake_smtp import PASSWORD, USERNAME, SmtpServer

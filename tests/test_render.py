@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from bot.compute.digest import DailyDigest, WeeklyReport, build_daily, build_weekly
+from bot.errors import ConfigError
 from bot.models import ActivityRow, ApiKey, Credits
 from bot.render.messages import (
     MAX_BLOCKS,
@@ -472,22 +473,182 @@ def test_generic_slack_and_email(tmp_path: Path) -> None:
     assert mail.text == 'Ping A & "B" <x>\n'
     plain = r.email("plain", name="x", subject="Line one\nline two")
     assert plain.subject == "Line one line two"
-    with pytest.raises(ValueError, match="no subject"):
+    with pytest.raises(ConfigError, match="plain.html.j2: sets no <title> and no subject"):
         r.email("plain", name="x")
 
 
-def test_invalid_json_template_is_a_clear_error(tmp_path: Path) -> None:
+def test_invalid_json_template_is_a_config_error_naming_the_file(tmp_path: Path) -> None:
     (tmp_path / "slack").mkdir()
     (tmp_path / "slack" / "bad.json.j2").write_text('{"blocks": [{{ name }}]}')
     (tmp_path / "slack" / "bad.txt.j2").write_text("x")
-    with pytest.raises(ValueError, match="slack/bad.json.j2 did not render valid JSON"):
+    with pytest.raises(ConfigError, match=re.escape(
+            f"template {tmp_path / 'slack' / 'bad.json.j2'}: did not render valid JSON")):
         Renderer(tmp_path).slack("bad", name="oops")
 
 
-def test_undefined_variables_fail_loudly(tmp_path: Path) -> None:
-    import jinja2
-
+def test_undefined_variable_is_one_line_naming_the_template_and_line(tmp_path: Path) -> None:
     (tmp_path / "slack").mkdir()
-    (tmp_path / "slack" / "daily.txt.j2").write_text("{{ nope }}")
-    with pytest.raises(jinja2.UndefinedError):
+    (tmp_path / "slack" / "daily.txt.j2").write_text("line one\n{{ nope }}")
+    with pytest.raises(ConfigError) as err:
         Renderer(tmp_path).daily_slack(daily())
+    assert str(err.value) == (
+        f"template {tmp_path / 'slack' / 'daily.txt.j2'}:2: 'nope' is undefined")
+
+
+def test_syntax_error_in_a_user_template_names_the_file(tmp_path: Path) -> None:
+    (tmp_path / "email").mkdir()
+    (tmp_path / "email" / "daily.html.j2").write_text("<p>\n{% if d.empty %}\n</p>")
+    with pytest.raises(ConfigError) as err:
+        Renderer(tmp_path).daily_email(daily())
+    message = str(err.value)
+    assert message.startswith(f"template {tmp_path / 'email' / 'daily.html.j2'}:")
+    assert "\n" not in message and "endif" in message
+
+
+def test_error_in_an_imported_macro_names_the_macro_file(tmp_path: Path) -> None:
+    (tmp_path / "slack").mkdir()
+    (tmp_path / "slack" / "_blocks.j2").write_text(
+        "{% macro header(text) %}{{ text | money }}{% endmacro %}")
+    where = tmp_path / "slack" / "_blocks.j2"
+    with pytest.raises(ConfigError, match=re.escape(f"template {where}:1: ")):
+        Renderer(tmp_path).daily_slack(daily())
+
+
+def test_missing_templates_dir_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="templates_dir: .*nowhere is not a folder"):
+        Renderer(tmp_path / "nowhere")
+
+
+# --- alerts: numbers from the rules, words from _alert_words.j2 --------------------------------
+
+
+def alert_obs(rule: Any, remaining: str = "40", rows: Any = (), keys: Any = ()) -> Any:
+    from bot.compute.alert_rules import Inputs, evaluate
+
+    data = Inputs(as_of=AS_OF, day=DAY, credits=Credits(Decimal(1000), 1000 - Decimal(remaining)),
+                  keys=list(keys), rows=list(rows))
+    [obs] = evaluate(rule, data, Decimal("0.05"))
+    return obs
+
+
+def limited_key(name: str, reset: str | None = None) -> ApiKey:
+    return ApiKey("hash-0123456789abcdef", name, limit=Decimal(100),
+                  limit_remaining=Decimal(5), limit_reset=reset)
+
+
+def alert_cases() -> list[tuple[Any, tuple[str, ...]]]:
+    from bot.config import AlertRule
+
+    D = Decimal
+    week = [row(f"2026-11-{d:02d}", usage="10") for d in range(17, 24)]
+    return [
+        (alert_obs(AlertRule(kind="low_credits", index=0, below_usd=D("50.5"),
+                             below_percent=D(10))),
+         ("Low credits", "credits", "$40.00 (4.0%)",
+          "$50.50 or 10% of $1,000.00 purchased", "OpenRouter credits are low: $40.00 left",
+          "Add credits at https://openrouter.ai/settings/credits before requests start failing.",
+          "https://openrouter.ai/settings/credits")),
+        (alert_obs(AlertRule(kind="runway", index=0, below_days=D("7.5")), remaining="60",
+                   rows=[row(f"2026-11-{d:02d}", usage="10") for d in range(18, 25)]),
+         ("Credits runway", "runway", "6.0 days", "7.5 days",
+          "Credits run out in 6.0 days at the last 7 days' pace",
+          "Add credits at https://openrouter.ai/settings/credits or cut spend; see "
+          "https://openrouter.ai/activity.", "https://openrouter.ai/settings/credits")),
+        (alert_obs(AlertRule(kind="daily_spend", index=0, above_usd=D(100)),
+                   keys=[ApiKey("h", "k", usage_daily=D(101))]),
+         ("Daily spend", "today's spend", "$101.00", "$100.00",
+          "Spend today (UTC) is $101.00, above $100.00",
+          "See which keys and models are spending at https://openrouter.ai/activity.",
+          "https://openrouter.ai/activity")),
+        (alert_obs(AlertRule(kind="spike", index=0, factor=D(2), min_usd=D(20)),
+                   rows=week + [row("2026-11-24", usage="25")]),
+         ("Spend spike", "spend on 2026-11-24", "$25.00",
+          "2x the 7-day average ($10.00) and $20.00",
+          "Spend spiked on 2026-11-24 (UTC): $25.00, +150.0% against the 7-day average",
+          "Run `openrouter-usage report --date 2026-11-24 --by-key` to see which keys and "
+          "models caused it.", "https://openrouter.ai/activity")),
+        (alert_obs(AlertRule(kind="key_limit", index=0, below_percent=D(10)),
+                   keys=[limited_key("prod", reset="monthly")]),
+         ("Key limit: prod", "prod", "$5.00 of $100.00 (5.0%)", "10%",
+          "API key prod has 5.0% of its limit left",
+          "Raise the key's limit at https://openrouter.ai/settings/keys or expect its requests "
+          "to fail (limit resets monthly).", "https://openrouter.ai/settings/keys")),
+        (alert_obs(AlertRule(kind="model_spend", index=0, above_usd=D(50)),
+                   rows=[row("2026-11-24", model="vendor/model", usage="60")]),
+         ("Model spend: vendor/model", "vendor/model", "$60.00", "$50.00",
+          "vendor/model cost $60.00 on 2026-11-24 (UTC)",
+          "Check which keys use vendor/model: `openrouter-usage report --date 2026-11-24 "
+          "--by-key`.", "https://openrouter.ai/activity")),
+    ]
+
+
+def test_alert_words_of_every_kind(renderer: Renderer) -> None:
+    from bot.compute.alert_rules import RULES
+
+    cases = alert_cases()
+    assert {obs.rule.kind for obs, _ in cases} == set(RULES)
+    for obs, expected in cases:
+        w = renderer.alert_words(obs)
+        assert (w.title, w.subject, w.value, w.threshold, w.summary, w.advice, w.link) == expected
+        assert w.note == ""
+
+
+def test_alert_words_when_the_subject_went_away(renderer: Renderer) -> None:
+    from bot.compute.alert_rules import gone
+    from bot.config import AlertRule
+
+    key_rule = AlertRule(kind="key_limit", index=0, below_percent=Decimal(10))
+    w = renderer.alert_words(gone(key_rule, "0123456789abcdef0123", ""))
+    assert (w.title, w.value, w.threshold, w.advice, w.link) == (
+        "Key limit: 0123456789ab", "no longer observed", "", "Nothing to do.", "")
+    assert w.note == "the key is disabled, deleted or no longer has a limit"
+    model_rule = AlertRule(kind="model_spend", index=0, above_usd=Decimal(1))
+    w = renderer.alert_words(gone(model_rule, "vendor/a-long-model-name", ""))
+    assert w.title == "Model spend: vendor/a-long-model-name"
+    assert w.note == "the model was not used on the latest day"
+
+
+def alert_event(action: str = "fire", name: str = "<!channel> & <b>co</b>") -> Any:
+    from bot.config import AlertRule
+    from bot.jobs.alerts import Event
+    from bot.models import AlertState
+
+    obs = alert_obs(AlertRule(kind="key_limit", index=0, below_percent=Decimal(10)),
+                    keys=[limited_key(name)])
+    state = AlertState("key_limit#0", obs.subject, "firing", "5", AS_OF, AS_OF, {})
+    return Event(action, obs, state)
+
+
+def test_alert_in_slack_and_email_escapes_key_names(renderer: Renderer) -> None:
+    from bot.jobs.alerts import render
+
+    for action in ("fire", "repeat", "resolve"):
+        slack = render(renderer, alert_event(action), "slack:#ops", dt.timedelta(hours=24))
+        raw = json.dumps(slack.blocks, ensure_ascii=False) + slack.text
+        assert "&lt;!channel&gt; &amp; &lt;b&gt;co&lt;/b&gt;" in raw
+        assert "<!channel>" not in raw and "<b>" not in raw
+        mail = render(renderer, alert_event(action), "email:ops@example.com",
+                      dt.timedelta(hours=24))
+        assert "&lt;!channel&gt; &amp; &lt;b&gt;co&lt;/b&gt;" in mail.html
+        assert "<b>co" not in mail.html and "<!channel>" not in mail.html
+        assert "<!channel> & <b>co</b>" in mail.text  # plain text stays readable
+    fired = render(renderer, alert_event("fire"), "slack:#ops", dt.timedelta(hours=24))
+    assert fired.blocks[0]["text"]["text"] == ":rotating_light: Alert: Key limit"
+    assert fired.text == "Alert: API key &lt;!channel&gt; &amp; &lt;b&gt;co&lt;/b&gt; has 5.0% " \
+        "of its limit left"
+    mail = render(renderer, alert_event("fire", name="prod"), "email:ops@example.com",
+                  dt.timedelta(hours=24))
+    assert mail.subject == "Alert: API key prod has 5.0% of its limit left"
+    assert "Threshold:    10%" in mail.text
+    assert "https://openrouter.ai/settings/keys" in mail.html
+
+
+def test_user_template_can_reword_an_alert(tmp_path: Path) -> None:
+    from bot.jobs.alerts import render
+
+    (tmp_path / "_alert_words.j2").write_text(
+        (Path(__file__).parent.parent / "templates" / "_alert_words.j2").read_text()
+        .replace("Key limit", "Schlüssellimit"))
+    msg = render(Renderer(tmp_path), alert_event(name="prod"), "slack:#ops",
+                 dt.timedelta(hours=24))
+    assert msg.blocks[0]["text"]["text"] == ":rotating_light: Alert: Schlüssellimit"

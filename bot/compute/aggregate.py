@@ -114,9 +114,10 @@ def in_range(rows: Iterable[ActivityRow], start: dt.date, end: dt.date) -> list[
 
 
 def change(current: Decimal, previous: Decimal) -> Decimal | None:
-    """Relative change (0.123 = +12.3%); None when there is nothing to compare against."""
+    """Relative change from previous to current (0.123 = +12.3%); None when it is new (nothing
+    before, something now); 0 when there was nothing either time."""
     if previous == 0:
-        return None
+        return None if current > 0 else ZERO
     return (current - previous) / previous
 
 

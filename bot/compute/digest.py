@@ -12,7 +12,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from bot import fmt
 from bot.compute import aggregate
 from bot.compute.aggregate import DAY, Figures, Group
 from bot.models import ZERO, ActivityRow, ApiKey, Credits
@@ -33,8 +32,9 @@ class Line:
         return self.cost - self.previous
 
     @property
-    def change(self) -> str:
-        return fmt.delta_label(self.cost, self.previous)
+    def change(self) -> Decimal | None:
+        """Relative change against the comparison period; None for a new spender."""
+        return aggregate.change(self.cost, self.previous)
 
 
 @dataclass(frozen=True)
@@ -76,12 +76,12 @@ class DailyDigest:
     top: int
 
     @property
-    def change_vs_previous(self) -> str:
-        return fmt.delta_label(self.spend.cost, self.previous.cost)
+    def change_vs_previous(self) -> Decimal | None:
+        return aggregate.change(self.spend.cost, self.previous.cost)
 
     @property
-    def change_vs_avg(self) -> str:
-        return fmt.delta_label(self.spend.cost, self.avg7)
+    def change_vs_avg(self) -> Decimal | None:
+        return aggregate.change(self.spend.cost, self.avg7)
 
     @property
     def empty(self) -> bool:
@@ -109,8 +109,9 @@ class WeeklyReport:
     top: int = 10
 
     @property
-    def change(self) -> str:
-        return fmt.delta_label(self.spend.cost, self.previous.cost)
+    def change(self) -> Decimal | None:
+        """Week over week; None when the previous week had no spend."""
+        return aggregate.change(self.spend.cost, self.previous.cost)
 
     @property
     def empty(self) -> bool:

@@ -13,23 +13,24 @@ import os
 import socket
 import sys
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bot.compute import aggregate
 from bot.compute.aggregate import DAY
-from bot.compute.alert_rules import Inputs, Observation, State, evaluate, step
+from bot.compute.alert_rules import Action, Inputs, Observation, evaluate, gone, step
 from bot.config import AlertRule
 from bot.deliver.outbox import Outbox, Outcome
 from bot.errors import BotError, ConfigError
 from bot.jobs.send import print_dry_run
+from bot.models import AlertState
 
 if TYPE_CHECKING:
     from bot.app import App
     from bot.render.messages import Renderer
-    from bot.store import AlertState, Store
+    from bot.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -43,58 +44,33 @@ LEASE_TTL = dt.timedelta(minutes=5)
 class Event:
     """A notification due for one alert."""
 
-    action: str  # fire | repeat | resolve
+    action: Action
     obs: Observation
-    state: State
+    state: AlertState
 
 
-def _to_state(s: AlertState) -> State:
-    return State(s.rule_id, s.subject, s.status, s.value, s.since, s.last_notified_at,
-                 dict(s.threads or {}))
-
-
-def _save(store: Store, state: State, now: dt.datetime) -> None:
-    from bot.store import AlertState
-
-    store.alert_put(AlertState(
-        rule_id=state.rule_id, subject=state.subject, status=state.status, value=state.value,
-        since=state.since, last_notified_at=state.last_notified_at, threads=state.threads,
-        updated_at=now,
-    ))
-
-
-GONE = {
-    "key_limit": "the key is disabled, deleted or no longer has a limit",
-    "model_spend": "the model was not used on the latest day",
-}
-
-
-def gone(rule: AlertRule, state: State, name: str) -> Observation:
-    """A firing subject that is no longer observed (model unused, key removed) has cleared."""
-    kind = rule.kind.replace("_", " ").capitalize()
-    return Observation(rule, state.subject, name, "no longer observed", "", False, True,
-                       f"{kind}: {name} is no longer observed", "Nothing to do.",
-                       f"{kind}: {name}", note=GONE.get(rule.kind, "no longer observed"))
+def _save(store: Store, state: AlertState, now: dt.datetime) -> None:
+    store.alert_put(replace(state, updated_at=now))
 
 
 def plan(
     rules: tuple[AlertRule, ...],
     data: Inputs,
-    states: dict[tuple[str, str], State],
+    states: dict[tuple[str, str], AlertState],
     *,
     now: dt.datetime,
     repeat_every: dt.timedelta,
     margin: Decimal,
-) -> tuple[list[Event], list[State]]:
+) -> tuple[list[Event], list[AlertState]]:
     """Pure: the notifications due now and every alert's next state."""
     events: list[Event] = []
-    next_states: list[State] = []
+    next_states: list[AlertState] = []
     names = {k.hash: k.display_name for k in data.keys}
     for rule in rules:
         observed = {o.subject: o for o in evaluate(rule, data, margin)}
         for (rule_id, subject), st in states.items():
             if rule_id == rule.id and subject not in observed and st.status == "firing":
-                observed[subject] = gone(rule, st, names.get(subject, subject[:12]))
+                observed[subject] = gone(rule, subject, names.get(subject, ""))
         for subject, obs in observed.items():
             before = states.get((rule.id, subject))
             after, action = step(before, obs, now, repeat_every)
@@ -180,9 +156,9 @@ def _evaluate_and_deliver(
             log.info("retried alert delivery: %s", outcome.line())
         _record_threads(store, retried)
     data = gather_inputs(app, now, save=not dry_run)
-    states = {(s.rule_id, s.subject): _to_state(s) for s in store.alert_all()} if store else {}
+    states = {(s.rule_id, s.subject): s for s in store.alert_all()} if store else {}
     events, next_states = plan(cfg.rules, data, states, now=now, repeat_every=cfg.repeat_every,
-                               margin=Decimal(str(cfg.hysteresis_percent)) / 100)
+                               margin=cfg.hysteresis_percent / 100)
     renderer = Renderer(app.config.templates_dir)
     results = []
     for event in events:
@@ -223,7 +199,7 @@ def _thread_options(event: Event, dest: str) -> dict[str, Any]:
 
 def _record_threads(store: Store, outcomes: list[Outcome]) -> None:
     """Remember the Slack ts of each alert's first message, for threading what follows."""
-    states = {f"{s.rule_id}|{s.subject}": _to_state(s) for s in store.alert_all()}
+    states = {f"{s.rule_id}|{s.subject}": s for s in store.alert_all()}
     for o in outcomes:
         if o.job != JOB or o.status != "sent" or not o.destination.startswith("slack:"):
             continue
@@ -238,12 +214,16 @@ def _record_threads(store: Store, outcomes: list[Outcome]) -> None:
 
 
 def alerts_command(app: App, *, dry_run: bool) -> int:
+    from bot.render.messages import Renderer
+
     results = run_alerts(app, dry_run=dry_run)
     out = sys.stdout
     if not results:
         out.write("alerts: nothing changed\n")
+    renderer = Renderer(app.config.templates_dir)
     for event, outcomes in results:
         sent = ", ".join(o.line() for o in outcomes)
-        out.write(f"{event.action.upper():8} {event.obs.rule.id} {event.obs.subject_name}: "
-                  f"{event.obs.value} (threshold {event.obs.threshold}) -> {sent}\n")
+        words = renderer.alert_words(event.obs)
+        out.write(f"{event.action.upper():8} {event.obs.rule.id} {words.subject}: "
+                  f"{words.value} (threshold {words.threshold}) -> {sent}\n")
     return 0 if all(o.ok for _, outs in results for o in outs) else 1

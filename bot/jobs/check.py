@@ -6,8 +6,8 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from bot import fmt
 from bot.errors import BotError
+from bot.render import fmt
 
 if TYPE_CHECKING:
     from bot.app import App

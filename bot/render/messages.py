@@ -10,6 +10,10 @@ notifications. JSON templates are not autoescaped: every dynamic string goes thr
 and every untrusted string (model, provider and key names, anything from the API) through
 ``mrkdwn`` first. The blocks are then cut to Slack's limits by :func:`fit_slack_limits`.
 
+Alerts: the words of every rule kind (title, figure, threshold, summary, what to do) are the
+macros of ``_alert_words.j2``; :meth:`Renderer.alert_words` turns an observation into those
+words as plain text, and the alert templates escape them for their channel like any name.
+
 E-mail: ``email/<name>.html.j2`` (autoescaped; CSS written in a ``<style>`` block is inlined
 with css_inline) and ``email/<name>.txt.j2`` (plain text). The subject is the text of the
 rendered HTML's ``<title>``, which templates set with ``{% block subject %}`` of
@@ -23,21 +27,26 @@ import html
 import io
 import json
 import re
+import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from decimal import Decimal
 from importlib.resources import files
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jinja2
 
-from bot import fmt
 from bot.compute.aggregate import Group
 from bot.compute.digest import DailyDigest, Line, Ranking, WeeklyReport
+from bot.errors import ConfigError
 from bot.models import MailMessage, SlackMessage
+from bot.render import fmt
 from bot.render.chart import chart_png
 from bot.render.text import write_csv
+
+if TYPE_CHECKING:
+    from bot.compute.alert_rules import Observation
 
 MAX_BLOCKS = 50
 MAX_SECTION_TEXT = 3000
@@ -97,20 +106,6 @@ def _short_day(value: dt.date | str) -> str:
     return f"{d:%a %m-%d}"
 
 
-def _change(current: Decimal, previous: Decimal) -> str:
-    """`{{ current | change(previous) }}` -> `+12.3%` / `-4.0%` / `new`."""
-    return fmt.delta_label(current, previous)
-
-
-def _trend(label: str) -> str:
-    """CSS class for a change label: `up` (spend rose), `down` (fell) or `flat`."""
-    if label == "new" or label.startswith("+"):
-        return "up"
-    if label.startswith("-"):
-        return "down"
-    return "flat"
-
-
 def _bar(value: Decimal, peak: Decimal, width: int = 20) -> str:
     return fmt.bar(value, peak, width)
 
@@ -158,16 +153,18 @@ def _fit_names(names: list[str], budget: int = SLACK_LIST_BUDGET) -> Shown:
 
 FILTERS: dict[str, Callable[..., Any]] = {
     "money": fmt.money,
-    "change": _change,
+    "change": fmt.change,
     "day": _day,
     "short_day": _short_day,
     "month": _month,
     "as_of": fmt.as_of,
     "days_label": fmt.days_label,
     "count": fmt.count,
+    "percent": fmt.percent,
+    "number": fmt.number,
     "bar": _bar,
     "peak": _peak,
-    "trend": _trend,
+    "trend": fmt.trend,
     "mrkdwn": _mrkdwn,
     "one_line": one_line,
     "tojson": _tojson,
@@ -276,12 +273,51 @@ def _inline_css(document: str) -> str:
     return str(css_inline.inline(document, keep_at_rules=True, load_remote_stylesheets=False))
 
 
+@dataclass(frozen=True)
+class AlertWords:
+    """One alert observation in words (plain text: each template escapes it for its channel)."""
+
+    kind: str  # the kind of alert, e.g. "Low credits" (nothing untrusted in it)
+    title: str  # what it is about, e.g. "Key limit: prod"
+    subject: str  # the subject as people call it: "credits", a key's name, a model
+    value: str  # the figure now
+    threshold: str  # what it is held against ("" when the subject went away)
+    summary: str  # one line: what crossed
+    advice: str  # what to do
+    link: str  # where to act (a trusted OpenRouter URL), or ""
+    note: str  # why it cleared when not by its value, or ""
+
+
+ALERT_WORDS = "_alert_words.j2"
+
+# What a template can raise while it loads or renders: Jinja's own errors, and a filter or an
+# operation given the wrong kind of value (`{{ "x" | money }}`, `{{ 1 / 0 }}`).
+_TEMPLATE_ERRORS = (jinja2.TemplateError, TypeError, ValueError, LookupError, ArithmeticError)
+
+
+def _template_error(name: str, exc: Exception) -> ConfigError:
+    """A template that failed, as one line naming its file (and line, when known)."""
+    where, line = name, None
+    if isinstance(exc, jinja2.TemplateSyntaxError):
+        where, line = exc.filename or exc.name or name, exc.lineno
+    else:  # Jinja rewrites tracebacks so that template frames carry the template's file
+        for frame, lineno in traceback.walk_tb(exc.__traceback__):
+            filename = frame.f_code.co_filename
+            if filename.endswith(".j2"):
+                where, line = filename, lineno
+    message = exc.message if isinstance(exc, jinja2.TemplateError) else str(exc)
+    detail = one_line(message or type(exc).__name__)
+    return ConfigError(f"template {where}{f':{line}' if line else ''}: {detail}")
+
+
 class Renderer:
     """Renders digests, reports and alerts from Jinja templates into message values."""
 
     def __init__(self, templates_dir: Path | None = None) -> None:
         loaders: list[jinja2.BaseLoader] = []
         if templates_dir is not None:
+            if not templates_dir.is_dir():
+                raise ConfigError(f"templates_dir: {templates_dir} is not a folder")
             loaders.append(jinja2.FileSystemLoader(str(templates_dir)))
         loaders.append(jinja2.FileSystemLoader(str(bundled_templates_dir())))
         self.env = jinja2.Environment(
@@ -293,11 +329,23 @@ class Renderer:
             keep_trailing_newline=False,
         )
         self.env.filters.update(FILTERS)
+        self.env.globals["alert_words"] = self.alert_words
 
     # generic
 
+    def _template(self, name: str) -> jinja2.Template:
+        try:
+            return self.env.get_template(name)
+        except _TEMPLATE_ERRORS as exc:
+            raise _template_error(name, exc) from exc
+
     def _render(self, name: str, context: dict[str, Any]) -> str:
-        return self.env.get_template(name).render(**context)
+        """Template `name` rendered; any failure is a ConfigError naming the template file."""
+        template = self._template(name)
+        try:
+            return template.render(**context)
+        except _TEMPLATE_ERRORS as exc:
+            raise _template_error(template.filename or name, exc) from exc
 
     def slack(self, name: str, /, **context: Any) -> SlackMessage:
         """`slack/<name>.json.j2` as blocks (cut to Slack's limits) + `slack/<name>.txt.j2`."""
@@ -305,7 +353,8 @@ class Renderer:
         try:
             doc = json.loads(raw)
         except json.JSONDecodeError as exc:
-            raise ValueError(f"slack/{name}.json.j2 did not render valid JSON: {exc}") from exc
+            where = self._template(f"slack/{name}.json.j2").filename
+            raise ConfigError(f"template {where}: did not render valid JSON: {exc}") from exc
         blocks = doc["blocks"] if isinstance(doc, dict) else doc
         text = self._render(f"slack/{name}.txt.j2", context).strip()
         return SlackMessage(text=text, blocks=fit_slack_limits(blocks))
@@ -318,9 +367,21 @@ class Renderer:
         if not subject:
             subject = one_line(context.get("subject", "")).strip()
         if not subject:
-            raise ValueError(f"email/{name}.html.j2 sets no <title> and no subject was given")
+            where = self._template(f"email/{name}.html.j2").filename
+            raise ConfigError(f"template {where}: sets no <title> and no subject was given")
         text = self._render(f"email/{name}.txt.j2", context).strip() + "\n"
         return MailMessage(subject=subject, text=text, html=_inline_css(document))
+
+    def alert_words(self, obs: Observation) -> AlertWords:
+        """The words of one alert observation, from the macros of `_alert_words.j2`."""
+        template = self._template(ALERT_WORDS)
+        try:
+            macros = template.module
+            # called from Python, the macros return plain str (never Markup): callers escape them
+            return AlertWords(**{f.name: str(getattr(macros, f.name)(obs)).strip()
+                                 for f in fields(AlertWords)})
+        except (*_TEMPLATE_ERRORS, AttributeError) as exc:  # AttributeError: a macro is missing
+            raise _template_error(template.filename or ALERT_WORDS, exc) from exc
 
     # digests and reports
 

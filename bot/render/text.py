@@ -8,10 +8,10 @@ from collections.abc import Iterable
 from decimal import Decimal
 from typing import IO, Any
 
-from bot import fmt
 from bot.compute.aggregate import Group
 from bot.compute.usage import UsageReport
 from bot.models import ZERO, ActivityRow
+from bot.render import fmt
 
 CSV_FIELDS = (
     "date",

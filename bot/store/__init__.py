@@ -8,13 +8,13 @@ import os
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from bot.errors import DataError
-from bot.models import ActivityRow, ApiKey, Credits, Snapshot
+from bot.models import ActivityRow, AlertState, ApiKey, Credits, Snapshot
 from bot.store.migrations import MIGRATIONS, SCHEMA_VERSION
 
 DAY = dt.timedelta(days=1)
@@ -189,20 +189,6 @@ class Delivery:
     last_error: str = ""
     ref: str = ""  # Slack ts or e-mail Message-ID
     forced: int = 0  # how many times --force reset it after it was sent or given up
-
-
-@dataclass
-class AlertState:
-    """An alert's remembered state, one per (rule_id, subject)."""
-
-    rule_id: str
-    subject: str
-    status: str  # firing | resolved
-    value: str
-    since: dt.datetime
-    last_notified_at: dt.datetime
-    threads: dict[str, str] = field(default_factory=dict)  # destination -> Slack ts
-    updated_at: dt.datetime | None = None
 
 
 def _merge(rows: Sequence[ActivityRow], key_hash: str) -> dict[tuple[str, ...], ActivityRow]:

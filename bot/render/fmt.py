@@ -1,4 +1,4 @@
-"""Display formatting of money, changes, tokens and days (the only place figures are rounded)."""
+"""Display formatting of money, changes, counts and days (the only place figures are rounded)."""
 
 from __future__ import annotations
 
@@ -20,21 +20,37 @@ def money(value: Decimal | float | int | None) -> str:
     return f"{sign}${abs(rounded):,.2f}"
 
 
-def change(value: Decimal | None, *, new: bool = False) -> str:
-    """`+12.3%` / `-4.0%`; `new` when there was nothing before; `0.0%` for no change."""
-    if value is None:
-        return "new" if new else "n/a"
-    pct = (value * 100).quantize(Decimal("0.1"), rounding=ROUND_HALF_UP)
+def change_pct(ratio: Decimal) -> Decimal:
+    """A relative change (0.123) as the percentage shown, rounded to one place (12.3)."""
+    return (ratio * 100).quantize(Decimal("0.1"), rounding=ROUND_HALF_UP)
+
+
+def change(ratio: Decimal | None) -> str:
+    """`+12.3%` / `-4.0%` / `0.0%` for a relative change; `new` (None) when nothing came before."""
+    if ratio is None:
+        return "new"
+    pct = change_pct(ratio)
     if pct == 0:
         return "0.0%"
     return f"{'+' if pct > 0 else ''}{pct}%"
 
 
-def delta_label(current: Decimal, previous: Decimal) -> str:
-    """The change from previous to current as shown in messages."""
-    if previous == 0:
-        return "new" if current > 0 else "0.0%"
-    return change((current - previous) / previous)
+def trend(ratio: Decimal | None) -> str:
+    """Which way a change went as shown: `up` (spend rose, or new), `down` or `flat`."""
+    if ratio is None:
+        return "up"
+    pct = change_pct(ratio)
+    return "up" if pct > 0 else "down" if pct < 0 else "flat"
+
+
+def percent(value: Decimal) -> str:
+    """A percentage to one place: `4.0%`."""
+    return f"{value:.1f}%"
+
+
+def number(value: Decimal) -> str:
+    """A threshold as written: `10`, `7.5`, `0.25` (no exponent, no trailing zeros)."""
+    return f"{value.normalize():f}"
 
 
 def count(value: int) -> str:
