@@ -8,6 +8,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bot import __version__
@@ -15,6 +16,7 @@ from bot.errors import BotError, ConfigError
 
 if TYPE_CHECKING:
     from bot.app import App
+    from bot.jobs.send import Preview
 
 log = logging.getLogger("bot")
 
@@ -205,21 +207,102 @@ def cmd_sync(args: argparse.Namespace, hooks: Hooks) -> int:
 
 
 def cmd_demo(args: argparse.Namespace, hooks: Hooks) -> int:
-    from bot.jobs.demo import run_demo
+    import json
 
-    return run_demo(out_dir=args.out, quiet=args.quiet)
+    from bot.app import utcnow
+    from bot.jobs.demo import run_demo
+    from bot.render.messages import blocks_to_text
+    from bot.render.text import format_text
+
+    demo = run_demo((hooks.now or utcnow)())
+    out = sys.stdout
+    out.write("=== openrouter-usage report --by-key (sample org, last 30 UTC days) ===\n")
+    out.write(format_text(demo.report))
+    folder = Path(args.out)
+    folder.mkdir(parents=True, exist_ok=True)
+    slack, mail = demo.daily_slack, demo.weekly_email
+    slack_path = folder / "daily-slack.json"
+    slack_path.write_text(
+        json.dumps({"text": slack.text, "blocks": slack.blocks}, indent=2, ensure_ascii=False)
+    )
+    out.write(f"\n=== Daily Slack digest for {demo.day} (UTC), as it would be posted ===\n")
+    out.write(blocks_to_text(slack.blocks))
+    html_path = folder / "weekly-email.html"
+    html_path.write_text(demo.browser_html(), encoding="utf-8")
+    for name, _mime, data in mail.attachments:
+        (folder / name).write_bytes(data)
+    out.write(f"\n=== Weekly e-mail report ===\nSubject: {mail.subject}\n")
+    out.write(f"HTML written to {html_path.resolve()} (open it in a browser)\n")
+    out.write(f"Attachments written to {folder.resolve()}/: "
+              f"{', '.join(n for n, _, _ in mail.attachments)}\n")
+    out.write(f"Slack Block Kit JSON written to {slack_path.resolve()}\n")
+    return 0
+
+
+def print_preview(preview: Preview, out_dir: Path = Path("out")) -> None:
+    """Exactly what would be sent, on stdout; e-mail HTML to a file whose path is printed."""
+    import json
+
+    from bot.models import MailMessage
+
+    out = sys.stdout
+    dest, msg = preview.destination, preview.message
+    out.write(f"--- {preview.label} -> {dest} (dry run, nothing sent) ---\n")
+    if not isinstance(msg, MailMessage):
+        out.write(json.dumps({"text": msg.text, "blocks": msg.blocks}, indent=2,
+                             ensure_ascii=False) + "\n")
+        if msg.chart_png:
+            out.write(f"(plus a {len(msg.chart_png):,}-byte chart PNG uploaded in the thread)\n")
+        return
+    out_dir.mkdir(parents=True, exist_ok=True)
+    safe = dest.target.replace("@", "_at_").replace("/", "_")
+    html_path = out_dir / f"{preview.stem}-{safe}.html"
+    html_path.write_text(msg.html, encoding="utf-8")
+    out.write(f"Subject: {msg.subject}\nTo: {dest.target}\n")
+    for name, mime, data in msg.attachments:
+        out.write(f"Attachment: {name} ({mime}, {len(data):,} bytes)\n")
+    for cid, png in msg.inline_images.items():
+        out.write(f"Inline image: cid:{cid} ({len(png):,} bytes)\n")
+    out.write(f"HTML body written to {html_path}\n\n{msg.text.rstrip()}\n")
 
 
 def cmd_send(args: argparse.Namespace, hooks: Hooks) -> int:
-    from bot.jobs.send import send_command
+    from bot.config import parse_destination
+    from bot.jobs.report import parse_day
+    from bot.jobs.send import SendOptions, run_send
 
-    return send_command(make_app(args, need_config=True, hooks=hooks), args)
+    options = SendOptions(
+        job=args.job,
+        day=parse_day(args.date, "--date") if args.date else None,
+        to=tuple(parse_destination(d, f"--to {d}") for d in args.to or ()),
+        dry_run=args.dry_run,
+        force=args.force,
+    )
+    result = run_send(make_app(args, need_config=True, hooks=hooks), options)
+    for preview in result.previews:
+        print_preview(preview)
+    for o in result.outcomes:
+        print(f"{result.job} {o.period or result.period}: {o.line()}")
+    return 0 if result.ok else 1
 
 
 def cmd_alerts(args: argparse.Namespace, hooks: Hooks) -> int:
-    from bot.jobs.alerts import alerts_command
+    from bot.jobs.alerts import run_alerts
+    from bot.render.messages import Renderer
 
-    return alerts_command(make_app(args, need_config=True, hooks=hooks), dry_run=args.dry_run)
+    app = make_app(args, need_config=True, hooks=hooks)
+    result = run_alerts(app, dry_run=args.dry_run)
+    for preview in result.previews:
+        print_preview(preview)
+    if not result.events:
+        print("alerts: nothing changed")
+    renderer = Renderer(app.config.templates_dir)
+    for event, outcomes in result.events:
+        sent = ", ".join(o.line() for o in outcomes)
+        words = renderer.alert_words(event.obs)
+        print(f"{event.action.upper():8} {event.obs.rule.id} {words.subject}: "
+              f"{words.value} (threshold {words.threshold}) -> {sent}")
+    return 0 if result.ok else 1
 
 
 def cmd_run(args: argparse.Namespace, hooks: Hooks) -> int:
@@ -229,9 +312,21 @@ def cmd_run(args: argparse.Namespace, hooks: Hooks) -> int:
 
 
 def cmd_check(args: argparse.Namespace, hooks: Hooks) -> int:
-    from bot.jobs.check import run_check
+    from bot.jobs.check import Verdict, checks
 
-    return run_check(make_app(args, need_config=True, hooks=hooks))
+    app = make_app(args, need_config=True, hooks=hooks)
+    cfg = app.config
+    print(f"Config: {cfg.source or 'defaults'} is valid "
+          f"({len(cfg.alerts.rules)} alert rules, timezone {cfg.timezone})")
+    failed = 0
+    for check in checks(app):
+        result = check.run()  # one at a time, so each line shows as soon as it is known
+        failed += result.verdict is Verdict.FAIL
+        print(f"{result.verdict:<6}{result.name}: {result.detail}", flush=True)
+    if failed:
+        print(f"{failed} check(s) failed", file=sys.stderr)
+        return 1
+    return 0
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, Hooks], int]] = {

@@ -15,9 +15,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from bot.errors import ConfigError
+from bot.models import Destination, DestinationKind
 
 DEFAULT_BASE_URL = "https://openrouter.ai/api/v1"
 DEFAULT_SLACK_API = "https://slack.com/api/"
@@ -35,7 +36,6 @@ ALERT_KINDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 _DURATION = re.compile(r"^\s*(?:(\d+)d)?\s*(?:(\d+)h)?\s*(?:(\d+)m)?\s*(?:(\d+)s)?\s*$")
 _CLOCK = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)(?::([0-5]\d))?$")
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-_EMAIL = re.compile(r"^[^@\s<>]+@[^@\s<>]+\.[^@\s<>]+$")
 
 
 @dataclass(frozen=True)
@@ -56,16 +56,39 @@ class SlackConfig:
     charts: bool = False
 
 
+Security = Literal["starttls", "ssl", "none"]
+SECURITY_MODES: tuple[Security, ...] = ("starttls", "ssl", "none")
+DEFAULT_PORTS: dict[Security, int] = {"starttls": 587, "ssl": 465, "none": 25}
+
+
 @dataclass(frozen=True)
 class EmailConfig:
+    """SMTP settings; ``security`` is ``starttls`` (default), ``ssl`` or ``none``."""
+
     host: str | None = None
     port: int | None = None
-    security: str = "starttls"
+    security: Security = "starttls"
     username: str | None = None
     password: str | None = None
     sender: str = ""
     timeout: float = 30.0
     ca_file: str | None = None
+
+    @property
+    def configured(self) -> bool:
+        """Whether e-mail can be sent: a host and a From address are set."""
+        return bool(self.host and self.sender)
+
+    @property
+    def effective_port(self) -> int:
+        """The configured port, else 587 for starttls, 465 for ssl, 25 for none."""
+        return self.port if self.port is not None else DEFAULT_PORTS[self.security]
+
+    def __repr__(self) -> str:  # keep the password out of any accidental log line
+        return (
+            f"EmailConfig(host={self.host!r}, port={self.effective_port}, "
+            f"security={self.security!r}, username={self.username!r}, sender={self.sender!r})"
+        )
 
 
 @dataclass(frozen=True)
@@ -73,7 +96,7 @@ class ReportConfig:
     enabled: bool = True
     at: dt.time = dt.time(9, 0)
     day: str = "monday"
-    to: tuple[str, ...] = ()
+    to: tuple[Destination, ...] = ()
     top: int = 5
     skip_if_empty: bool = False
 
@@ -83,7 +106,7 @@ class AlertRule:
     kind: str
     index: int
     name: str = ""
-    to: tuple[str, ...] = ()
+    to: tuple[Destination, ...] = ()
     below_usd: Decimal | None = None
     below_percent: Decimal | None = None
     below_days: Decimal | None = None
@@ -103,7 +126,7 @@ class AlertsConfig:
     check_every: dt.timedelta = dt.timedelta(minutes=15)
     repeat_every: dt.timedelta = dt.timedelta(hours=24)
     hysteresis_percent: Decimal = Decimal(5)
-    to: tuple[str, ...] = ()
+    to: tuple[Destination, ...] = ()
     rules: tuple[AlertRule, ...] = ()
 
 
@@ -172,20 +195,12 @@ def parse_clock(text: Any, path: str) -> dt.time:
     return dt.time(int(m.group(1)), int(m.group(2)), int(m.group(3) or 0))
 
 
-def validate_destination(dest: Any, path: str) -> str:
+def parse_destination(text: Any, path: str) -> Destination:
     """`slack:#channel`, `slack:C0123ABC`, `slack:webhook`, `email:a@b.c` or `stdout`."""
-    if isinstance(dest, str):
-        kind, _, target = dest.partition(":")
-        if dest == "stdout":
-            return dest
-        if kind == "slack" and target and " " not in target:
-            return dest
-        if kind == "email" and _EMAIL.match(target):
-            return dest
-    raise ConfigError(
-        f"{path}: expected a destination such as slack:#channel, slack:C0123ABC, "
-        f"slack:webhook, email:someone@example.com or stdout, got {dest!r}"
-    )
+    try:
+        return Destination.parse(text)
+    except ValueError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
 
 
 class _Section:
@@ -287,15 +302,15 @@ def _duration(value: Any, path: str) -> dt.timedelta:
     return parse_duration(value, path)
 
 
-def _destinations(value: Any, path: str) -> tuple[str, ...]:
+def _destinations(value: Any, path: str) -> tuple[Destination, ...]:
     if isinstance(value, str):
         value = [value]
     if not isinstance(value, list):
         raise ConfigError(f"{path}: expected a list of destinations")
-    return tuple(validate_destination(d, f"{path}[{i}]") for i, d in enumerate(value))
+    return tuple(parse_destination(d, f"{path}[{i}]") for i, d in enumerate(value))
 
 
-def _choice(*options: str) -> Callable[[Any, str], str]:
+def _choice(*options: str) -> Callable[[Any, str], Any]:
     def conv(value: Any, path: str) -> str:
         if value not in options:
             raise ConfigError(f"{path}: expected one of {', '.join(options)}, got {value!r}")
@@ -431,7 +446,7 @@ def parse_config(
     email = EmailConfig(
         host=e.get("host", _str),
         port=e.get("port", _positive_int),
-        security=e.get("security", _choice("starttls", "ssl", "none"), "starttls"),
+        security=e.get("security", _choice(*SECURITY_MODES), "starttls"),
         username=e.get("username", _str) or None,
         password=e.get("password", _str) or None,
         sender=e.get("from", _str, ""),
@@ -529,14 +544,22 @@ def _rule(data: Any, index: int, path: str) -> AlertRule:
     return rule
 
 
-def require_transport(cfg: Config, dest: str, where: str) -> None:
-    """A destination needs its transport configured (a bot token, a webhook, SMTP)."""
-    if dest == "slack:webhook" and not cfg.slack.webhook_url:
-        raise ConfigError(f"{where}: slack:webhook needs slack.webhook_url")
-    if dest.startswith("slack:") and dest != "slack:webhook" and not cfg.slack.token:
-        raise ConfigError(f"{where}: {dest} needs slack.token (a bot token)")
-    if dest.startswith("email:") and not (cfg.email.host and cfg.email.sender):
-        raise ConfigError(f"{where}: e-mail destinations need email.host and email.from")
+def transport_problem(cfg: Config, dest: Destination) -> str | None:
+    """What `dest` lacks to be delivered (a bot token, a webhook URL, SMTP), or None."""
+    if dest.kind is DestinationKind.WEBHOOK and not cfg.slack.webhook_url:
+        return "slack:webhook needs slack.webhook_url"
+    if dest.kind is DestinationKind.SLACK and not cfg.slack.token:
+        return f"{dest} needs slack.token (a bot token)"
+    if dest.kind is DestinationKind.EMAIL and not cfg.email.configured:
+        return "e-mail destinations need email.host and email.from"
+    return None
+
+
+def require_transport(cfg: Config, dest: Destination, where: str) -> None:
+    """A destination needs its transport configured: ConfigError naming `where` if not."""
+    problem = transport_problem(cfg, dest)
+    if problem:
+        raise ConfigError(f"{where}: {problem}")
 
 
 def _check_destinations(cfg: Config) -> None:

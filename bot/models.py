@@ -1,5 +1,5 @@
-"""Plain dataclasses shared by every layer: activity rows, keys, credits, snapshots, messages
-and alert state.
+"""Plain dataclasses and enums shared by every layer: activity rows, keys, credits,
+snapshots, rendered messages, alert state, destinations and delivery outcomes.
 
 Money is ``Decimal`` throughout (parsed from the API's JSON text), so sums are exact and
 rounding happens only when a figure is displayed.
@@ -8,15 +8,16 @@ rounding happens only when a figure is displayed.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from dataclasses import dataclass, field
 from decimal import Decimal
+from enum import StrEnum
 from typing import Any, Literal
 
 ZERO = Decimal(0)
-
-# The numeric fields of an activity row, in the order reports and CSV use them.
-MONEY_FIELDS = ("usage", "byok_usage")
-COUNT_FIELDS = ("requests", "prompt_tokens", "completion_tokens", "reasoning_tokens")
+DAY = dt.timedelta(days=1)
+# /activity data for a UTC day is complete about this long after the day ends.
+SETTLE = dt.timedelta(minutes=30)
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,3 +157,112 @@ class AlertState:
     last_notified_at: dt.datetime
     threads: dict[str, str] = field(default_factory=dict)  # destination -> Slack ts
     updated_at: dt.datetime | None = None
+
+
+# --- where messages go ----------------------------------------------------------------------
+
+_EMAIL = re.compile(r"^[^@\s<>]+@[^@\s<>]+\.[^@\s<>]+$")
+DESTINATION_FORMS = (
+    "slack:#channel, slack:C0123ABC, slack:webhook, email:someone@example.com or stdout"
+)
+
+
+class DestinationKind(StrEnum):
+    """The transport a destination is delivered through."""
+
+    SLACK = "slack"  # a channel, by name or ID, through the bot token
+    WEBHOOK = "slack:webhook"  # the configured Slack incoming webhook
+    EMAIL = "email"
+    STDOUT = "stdout"
+
+
+@dataclass(frozen=True, slots=True)
+class Destination:
+    """One place a message goes, parsed once from its string form (config, `--to`, database).
+
+    ``str(dest)`` is the canonical form (``slack:#ops``, ``slack:webhook``,
+    ``email:a@example.com``, ``stdout``): the outbox keys deliveries by it.
+    """
+
+    kind: DestinationKind
+    target: str = ""  # the channel or the e-mail address; empty for a webhook and stdout
+
+    @classmethod
+    def parse(cls, text: str) -> Destination:
+        """The destination written as `text`; ValueError saying what is expected otherwise."""
+        if isinstance(text, str):
+            scheme, _, target = text.partition(":")
+            if text == "stdout":
+                return cls(DestinationKind.STDOUT)
+            if scheme == "slack" and target == "webhook":
+                return cls(DestinationKind.WEBHOOK)
+            if scheme == "slack" and target and not any(c.isspace() for c in target):
+                return cls(DestinationKind.SLACK, target)
+            if scheme == "email" and _EMAIL.match(target):
+                return cls(DestinationKind.EMAIL, target)
+        raise ValueError(f"expected a destination such as {DESTINATION_FORMS}, got {text!r}")
+
+    @property
+    def is_slack(self) -> bool:
+        """Delivered through Slack (a channel or the webhook)."""
+        return self.kind in (DestinationKind.SLACK, DestinationKind.WEBHOOK)
+
+    def __str__(self) -> str:
+        if self.kind in (DestinationKind.SLACK, DestinationKind.EMAIL):
+            return f"{self.kind}:{self.target}"
+        return str(self.kind)
+
+
+# --- what happened to a delivery ---------------------------------------------------------------
+
+
+class DeliveryState(StrEnum):
+    """The state of one outbox row, as stored in the database."""
+
+    PENDING = "pending"
+    SENDING = "sending"
+    SENT = "sent"
+    GIVEN_UP = "given_up"
+
+
+class Status(StrEnum):
+    """What one attempt to deliver a message to one destination came to."""
+
+    SENT = "sent"
+    ALREADY_SENT = "already_sent"
+    IN_PROGRESS = "in_progress"  # another run is sending it (or has just sent it)
+    DRY_RUN = "dry_run"
+    SKIPPED = "skipped"
+    FAILED = "failed"  # kept pending; retried on the next run
+    GIVEN_UP = "given_up"  # undelivered past the maximum age; only --force sends it
+
+    @property
+    def ok(self) -> bool:
+        """Whether the command succeeded as far as this destination goes."""
+        return self not in (Status.FAILED, Status.GIVEN_UP)
+
+    @property
+    def label(self) -> str:
+        """How the status reads in output: `already sent`, `given up`."""
+        return self.value.replace("_", " ")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Outcome:
+    """What happened to one delivery; `job` and `period` name it when it came from the outbox."""
+
+    destination: Destination
+    status: Status
+    detail: str = ""
+    ref: str = ""  # Slack ts or e-mail Message-ID
+    job: str = ""
+    period: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status.ok
+
+    def line(self) -> str:
+        """`slack:#ops: already sent (at 2026-11-25 09:00 UTC)`."""
+        return f"{self.destination}: {self.status.label}" + (
+            f" ({self.detail})" if self.detail else "")

@@ -12,6 +12,7 @@ retried on a later tick) and runs only while this process holds the database lea
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import os
 import signal
@@ -24,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from bot.config import WEEKDAYS, ReportConfig
 from bot.errors import BotError
+from bot.models import Status
 
 if TYPE_CHECKING:
     import schedule
@@ -170,20 +172,26 @@ class Daemon:
 
     # --- jobs -----------------------------------------------------------------------------
 
+    def run_job(self, name: str, fn: Callable[[], str]) -> bool:
+        """Run one job while holding the lease: one log line with its duration and outcome;
+        an exception is logged, never raised. True when the job ran and succeeded."""
+        started = time.monotonic()
+        try:
+            if not self.hold_lease():
+                return False
+            outcome = fn()
+        except Exception as exc:  # noqa: BLE001 - a failing job must not stop the loop
+            log.error("job %s failed in %.2fs: %s", name, time.monotonic() - started, exc)
+            log.debug("job %s traceback", name, exc_info=True)
+            return False
+        log.info("job %s ok in %.2fs: %s", name, time.monotonic() - started, outcome)
+        return True
+
     def wrapped(self, name: str, fn: Callable[[], str]) -> Callable[[], None]:
-        """A job that logs one line with duration and outcome and never raises."""
+        """`fn` as a scheduler job (schedule's `run_pending` does not catch exceptions)."""
 
         def run() -> None:
-            started = time.monotonic()
-            try:
-                if not self.hold_lease():
-                    return
-                outcome = fn()
-            except Exception as exc:  # noqa: BLE001 - a failing job must not stop the loop
-                log.error("job %s failed in %.2fs: %s", name, time.monotonic() - started, exc)
-                log.debug("job %s traceback", name, exc_info=True)
-                return
-            log.info("job %s ok in %.2fs: %s", name, time.monotonic() - started, outcome)
+            self.run_job(name, fn)
 
         return run
 
@@ -196,11 +204,11 @@ class Daemon:
     def alerts(self) -> str:
         from bot.jobs.alerts import run_alerts
 
-        results = run_alerts(self.app)
-        if not results:
+        result = run_alerts(self.app)
+        if not result.events:
             return "nothing changed"
         return "; ".join(f"{e.action} {e.obs.rule.id} {e.obs.name or e.obs.subject}: "
-                         + ", ".join(o.status for o in outs) for e, outs in results)
+                         + ", ".join(o.status.label for o in outs) for e, outs in result.events)
 
     def flush(self) -> str:
         from bot.deliver.outbox import Outbox
@@ -217,33 +225,28 @@ class Daemon:
         built = build(self.app, job.name, aggregate.latest_complete_day(slot))
         outcomes = deliver(self.app, built, list(job.report.to))
         # "given up" is final (logged by the outbox); only a failure is worth a retry
-        failed = [o for o in outcomes if o.status == "failed"]
+        failed = [o for o in outcomes if o.status is Status.FAILED]
         summary = f"{built.period}: " + ", ".join(o.line() for o in outcomes)
         if failed:
             raise RuntimeError(summary)
         return summary
 
     def check_slots(self) -> None:
+        """Run each report whose latest slot has not been handled yet (also the catch-up)."""
         now = self.app.now()
         for job in self.slots:
             slot = job.due(now, self.app.config.timezone)
             if slot is None:
                 continue
-            started = time.monotonic()
-            try:
-                if not self.hold_lease():
-                    return
-                outcome = self.run_report(job, slot)
+            name = f"{job.name} (slot {slot:%Y-%m-%d %H:%M} UTC)"
+            if self.run_job(name, functools.partial(self.run_report, job, slot)):
                 job.handled, job.retry_at = slot, None
                 self._save_handled(job)
-            except Exception as exc:  # noqa: BLE001
+            elif self.leader:
                 job.retry_at = now + RETRY_AFTER
-                log.error("job %s (slot %s) failed in %.2fs, retrying at %s: %s", job.name,
-                          f"{slot:%Y-%m-%d %H:%M} UTC", time.monotonic() - started,
-                          f"{job.retry_at:%H:%M:%S} UTC", exc)
-                continue
-            log.info("job %s (slot %s) ok in %.2fs: %s", job.name, f"{slot:%Y-%m-%d %H:%M} UTC",
-                     time.monotonic() - started, outcome)
+                log.info("job %s: retrying at %s UTC", name, f"{job.retry_at:%H:%M:%S}")
+            else:
+                return
 
     def _save_handled(self, job: SlotJob) -> None:
         if job.handled is not None:

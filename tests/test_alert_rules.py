@@ -252,8 +252,8 @@ def test_exactly_at_threshold_is_not_firing() -> None:
 
 
 def test_thread_of_a_retried_first_message_is_recorded_even_with_pipes_in_names() -> None:
-    from bot.deliver.outbox import Outcome
     from bot.jobs.alerts import Event, _record_threads, period
+    from bot.models import Destination, Outcome, Status
     from bot.store import Store, connect
 
     store = Store(connect(":memory:"))
@@ -264,6 +264,24 @@ def test_thread_of_a_retried_first_message_is_recorded_even_with_pipes_in_names(
                      MARGIN)
     state = AlertState("spend|big", "odd|model", "firing", "60", T0, T0, {})
     key = period(Event("fire", obs, state))
-    _record_threads(store, [Outcome("slack:#a", "sent", "", "123.456", "alert", key)])
+    assert "|" not in key.replace("spend|big", "").replace("odd|model", "")  # no separator
+    _record_threads(store, [Outcome(destination=Destination.parse("slack:#a"),
+                                    status=Status.SENT, ref="123.456", job="alert", period=key)])
     [saved] = store.alert_all()
     assert saved.threads == {"slack:#a": "123.456"}
+
+
+def test_thread_is_recorded_from_a_delivery_written_in_the_old_period_format() -> None:
+    from bot.jobs.alerts import _record_threads
+    from bot.models import Destination, Outcome, Status
+    from bot.store import Store, connect
+
+    store = Store(connect(":memory:"))
+    store.alert_put(AlertState(rule_id="spend|big", subject="odd|model", status="firing",
+                               value="60", since=T0, last_notified_at=T0))
+    stamp = T0.strftime("%Y%m%dT%H%M%SZ")
+    old = f"spend|big|odd|model|{stamp}|fire|{stamp}"  # "rule|subject|since|action|at"
+    _record_threads(store, [Outcome(destination=Destination.parse("slack:#a"),
+                                    status=Status.SENT, ref="9.9", job="alert", period=old)])
+    [saved] = store.alert_all()
+    assert saved.threads == {"slack:#a": "9.9"}

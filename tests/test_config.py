@@ -27,7 +27,8 @@ def test_example_config_is_valid() -> None:
     assert cfg.email.password == "pw"
     assert cfg.daily.at == dt.time(9, 0)
     assert cfg.weekly.day == "monday"
-    assert cfg.weekly.to == ("email:finance@example.com", "email:eng-leads@example.com")
+    assert tuple(map(str, cfg.weekly.to)) == (
+        "email:finance@example.com", "email:eng-leads@example.com")
     assert [r.kind for r in cfg.alerts.rules] == [
         "low_credits",
         "runway",
@@ -119,7 +120,8 @@ def test_interpolation_and_destinations(tmp_path: Path) -> None:
     )
     cfg = load_config(write(tmp_path, text), {"TOK": "xoxb-abc", "HOOK": "http://h/x"})
     assert cfg.slack.webhook_url == "http://h/x"
-    assert cfg.daily.to == ("slack:#ops", "slack:C0123ABC", "slack:webhook", "stdout")
+    assert tuple(map(str, cfg.daily.to)) == (
+        "slack:#ops", "slack:C0123ABC", "slack:webhook", "stdout")
 
 
 def test_missing_file_is_a_config_error(tmp_path: Path) -> None:

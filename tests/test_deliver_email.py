@@ -10,7 +10,8 @@ from email.message import EmailMessage
 
 import pytest
 
-from bot.deliver.email import SmtpSender, SmtpSettings, build_mime
+from bot.config import EmailConfig, parse_config
+from bot.deliver.email import SmtpSender, build_mime
 from bot.errors import ConfigError, DeliveryError
 from bot.models import MailMessage
 from tests.fake_smtp import REFUSED_DOMAIN, SmtpPki, SmtpServer
@@ -121,22 +122,24 @@ def test_build_mime_subject_cannot_inject_headers() -> None:
 
 
 def test_settings_ports_and_validation() -> None:
-    assert SmtpSettings(host="h").effective_port == 587
-    assert SmtpSettings(host="h", security="ssl").effective_port == 465
-    assert SmtpSettings(host="h", security="none").effective_port == 25
-    assert SmtpSettings(host="h", port=2525).effective_port == 2525
+    assert EmailConfig(host="h").effective_port == 587
+    assert EmailConfig(host="h", security="ssl").effective_port == 465
+    assert EmailConfig(host="h", security="none").effective_port == 25
+    assert EmailConfig(host="h", port=2525).effective_port == 2525
     with pytest.raises(ConfigError, match="email.security"):
-        SmtpSettings(host="h", security="tls")
-    assert "pw" not in repr(SmtpSettings(host="h", username="u", password="pw"))
+        parse_config({"email": {"host": "h", "security": "tls"}}, {})
+    with pytest.raises(ConfigError, match="email.host"):
+        SmtpSender(EmailConfig(host=None))
+    assert "pw" not in repr(EmailConfig(host="h", username="u", password="pw"))
 
 
 # -- sending -------------------------------------------------------------------------------
 
 
-def plain(server: SmtpServer, **kwargs: object) -> SmtpSettings:
+def plain(server: SmtpServer, **kwargs: object) -> EmailConfig:
     options: dict = {"host": server.host, "port": server.port, "security": "none", "timeout": 5}
     options.update(kwargs)
-    return SmtpSettings(**options)
+    return EmailConfig(**options)
 
 
 def test_send_plain(smtp_server: SmtpServer, caplog: pytest.LogCaptureFixture) -> None:
@@ -195,7 +198,7 @@ def test_wrong_password_is_delivery_error_without_password(
 
 
 def test_starttls_verified_with_ca_file(smtp_tls_server: SmtpServer) -> None:
-    settings = SmtpSettings(
+    settings = EmailConfig(
         host=smtp_tls_server.host,
         port=smtp_tls_server.port,
         security="starttls",
@@ -214,7 +217,7 @@ def test_starttls_verified_with_ca_file(smtp_tls_server: SmtpServer) -> None:
 def test_starttls_unknown_ca_fails_verification(
     smtp_tls_server: SmtpServer, smtp_pki: SmtpPki
 ) -> None:
-    settings = SmtpSettings(
+    settings = EmailConfig(
         host=smtp_tls_server.host,
         port=smtp_tls_server.port,
         username=smtp_tls_server.username,
@@ -234,7 +237,7 @@ def test_starttls_hostname_must_match_certificate(
     smtp_tls_server: SmtpServer, smtp_pki: SmtpPki
 ) -> None:
     # the certificate names 127.0.0.1 and localhost; reach it under another name for the IP
-    settings = SmtpSettings(
+    settings = EmailConfig(
         host="127.0.0.2",
         port=smtp_tls_server.port,
         ca_file=smtp_pki.ca_file,
@@ -245,13 +248,13 @@ def test_starttls_hostname_must_match_certificate(
 
 
 def test_starttls_not_offered_is_delivery_error(smtp_server: SmtpServer) -> None:
-    settings = SmtpSettings(host=smtp_server.host, port=smtp_server.port, timeout=5)
+    settings = EmailConfig(host=smtp_server.host, port=smtp_server.port, timeout=5)
     with pytest.raises(DeliveryError, match="STARTTLS extension not supported"):
         SmtpSender(settings).send(mime(), TO)
 
 
 def test_implicit_tls(smtps_server: SmtpServer) -> None:
-    settings = SmtpSettings(
+    settings = EmailConfig(
         host=smtps_server.host,
         port=smtps_server.port,
         security="ssl",
@@ -269,7 +272,7 @@ def test_implicit_tls(smtps_server: SmtpServer) -> None:
 
 def test_connection_refused() -> None:
     port = free_port()
-    settings = SmtpSettings(host="127.0.0.1", port=port, security="none", timeout=5)
+    settings = EmailConfig(host="127.0.0.1", port=port, security="none", timeout=5)
     with pytest.raises(DeliveryError) as info:
         SmtpSender(settings).send(mime(), TO)
     assert str(info.value) == f"SMTP 127.0.0.1:{port} failed: connection refused"
@@ -294,7 +297,7 @@ def test_all_recipients_refused(smtp_server: SmtpServer) -> None:
 
 
 def test_unreadable_ca_file_is_config_error(smtp_tls_server: SmtpServer) -> None:
-    settings = SmtpSettings(
+    settings = EmailConfig(
         host=smtp_tls_server.host, port=smtp_tls_server.port, ca_file="/nonexistent/ca.pem"
     )
     with pytest.raises(ConfigError, match="email.ca_file"):
@@ -305,7 +308,7 @@ def test_unreadable_ca_file_is_config_error(smtp_tls_server: SmtpServer) -> None
 
 
 def test_check_starttls_login(smtp_tls_server: SmtpServer) -> None:
-    settings = SmtpSettings(
+    settings = EmailConfig(
         host=smtp_tls_server.host,
         port=smtp_tls_server.port,
         username=smtp_tls_server.username,

@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from bot.cli import main
-from bot.jobs.demo import run_demo
 
 NOW = dt.datetime(2026, 11, 25, 9, 30, tzinfo=dt.UTC)
 
@@ -19,7 +18,7 @@ NOW = dt.datetime(2026, 11, 25, 9, 30, tzinfo=dt.UTC)
 def test_demo_prints_report_and_digest_and_writes_the_email(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert run_demo(out_dir=str(tmp_path), now=NOW) == 0
+    assert main(["demo", "--out", str(tmp_path)], now=lambda: NOW) == 0
     out = capsys.readouterr().out
     assert "Spend by API key" in out and "eval-harness" in out  # the disabled key's spend
     assert "BYOK" in out

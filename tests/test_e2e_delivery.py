@@ -17,6 +17,7 @@ import pytest
 from bot.app import App
 from bot.cli import main
 from bot.config import load_config
+from bot.models import DestinationKind, Status
 from bot.render import fmt
 from tests.fake_openrouter import MANAGEMENT_KEY, FakeOpenRouter, sample_org
 from tests.fake_slack import FakeSlack
@@ -151,6 +152,16 @@ def test_slack_outage_keeps_the_digest_and_delivers_it_later_once(world, capsys)
     assert len(slack.posts) == 1 and "already sent" in out
 
 
+def test_config_error_at_send_time_exits_2_with_one_line(world, capsys) -> None:
+    config = world["config"]
+    config.write_text(config.read_text().replace(
+        f"ca_file: {world['smtp'].ca_file}", f"ca_file: {world['tmp'] / 'missing-ca.pem'}"))
+    code, out, err = cli(capsys, "send", "daily", "--to", "email:lead@example.com")
+    assert code == 2
+    assert err.count("\n") == 1 and "email.ca_file: cannot load" in err
+    assert world["smtp"].messages == []
+
+
 def test_dry_run_prints_and_sends_nothing(world, capsys) -> None:
     code, out, _ = cli(capsys, "send", "weekly", "--dry-run")
     assert code == 0
@@ -193,7 +204,7 @@ def test_alert_lifecycle_in_slack_threads(world) -> None:
     from bot.jobs.alerts import run_alerts
 
     slack = world["slack"]
-    fired = run_alerts(alerts_app(world, NOW))
+    fired = run_alerts(alerts_app(world, NOW)).events
     actions = sorted((e.action, e.obs.rule.id) for e, _ in fired)
     assert ("fire", "credits") in actions and ("fire", "limits") in actions
     credit_posts = [p for p in slack.posts if "Low credits" in slack_text(p)]
@@ -207,23 +218,23 @@ def test_alert_lifecycle_in_slack_threads(world) -> None:
     assert "&lt;!channel&gt;" in limit_text and "<!channel>" not in limit_text
 
     # 15 minutes later: still firing, nothing new
-    assert run_alerts(alerts_app(world, NOW + dt.timedelta(minutes=15))) == []
+    assert run_alerts(alerts_app(world, NOW + dt.timedelta(minutes=15))).events == []
     count = len(slack.posts)
 
     # 24 hours later: one repeat per alert, in the first message's thread
-    repeated = run_alerts(alerts_app(world, NOW + dt.timedelta(hours=24)))
+    repeated = run_alerts(alerts_app(world, NOW + dt.timedelta(hours=24))).events
     assert {e.action for e, _ in repeated} == {"repeat"}
     repeat = [p for p in slack.posts[count:] if "Low credits" in slack_text(p)]
     assert len(repeat) == 1 and repeat[0]["thread_ts"] == first_ts
 
     # credits topped up well past the margin: resolved, in the thread and the channel
     world["or"].credits = {"total_credits": 5_000_000, "total_usage": 10}
-    resolved = run_alerts(alerts_app(world, NOW + dt.timedelta(hours=25)))
+    resolved = run_alerts(alerts_app(world, NOW + dt.timedelta(hours=25))).events
     assert [e.obs.rule.id for e, _ in resolved if e.action == "resolve"] == ["credits"]
     last = [p for p in slack.posts if "Resolved" in slack_text(p)]
     assert len(last) == 1 and last[0]["thread_ts"] == first_ts
     assert str(last[0].get("reply_broadcast")).lower() == "true"
-    assert run_alerts(alerts_app(world, NOW + dt.timedelta(hours=26))) == []
+    assert run_alerts(alerts_app(world, NOW + dt.timedelta(hours=26))).events == []
 
 
 def test_alert_while_slack_is_down_is_delivered_at_next_check(world) -> None:
@@ -231,19 +242,20 @@ def test_alert_while_slack_is_down_is_delivered_at_next_check(world) -> None:
 
     slack = world["slack"]
     slack.fail_next("chat.postMessage", 503, n=100)
-    results = run_alerts(alerts_app(world, NOW))
+    results = run_alerts(alerts_app(world, NOW)).events
     outcomes = [o for _, outs in results for o in outs]
-    assert results and all(o.status == "failed" for o in outcomes if o.destination.startswith(
-        "slack:"))
-    assert [o.status for o in outcomes if o.destination.startswith("email:")] == ["sent"]
+    assert results and all(o.status is Status.FAILED for o in outcomes
+                           if o.destination.kind is DestinationKind.SLACK)
+    assert [o.status for o in outcomes
+            if o.destination.kind is DestinationKind.EMAIL] == [Status.SENT]
     assert slack.posts == []
     slack.faults.clear()
-    assert run_alerts(alerts_app(world, NOW + dt.timedelta(minutes=15))) == []
+    assert run_alerts(alerts_app(world, NOW + dt.timedelta(minutes=15))).events == []
     fired = [p for p in slack.posts if "Low credits" in slack_text(p)]
     assert len(fired) == 1  # delivered once, by the retry at the next check
     run_alerts(alerts_app(world, NOW + dt.timedelta(minutes=30)))
     assert len([p for p in slack.posts if "Low credits" in slack_text(p)]) == 1
-    repeated = run_alerts(alerts_app(world, NOW + dt.timedelta(hours=24, minutes=1)))
+    repeated = run_alerts(alerts_app(world, NOW + dt.timedelta(hours=24, minutes=1))).events
     assert any(e.action == "repeat" for e, _ in repeated)
     repeat = [p for p in slack.posts if "Still firing" in slack_text(p)
               and "Low credits" in slack_text(p)]
@@ -298,7 +310,7 @@ def test_overlapping_alert_runs_do_not_both_notify(world) -> None:
         run_alerts(app)
     assert world["slack"].posts == []
     app.store().lease_release(LEASE, "another-run")
-    assert run_alerts(app) and world["slack"].posts
+    assert run_alerts(app).events and world["slack"].posts
 
 
 def test_already_sent_needs_no_openrouter_and_stdout_gets_the_digest(world, capsys) -> None:

@@ -621,22 +621,25 @@ def alert_event(action: str = "fire", name: str = "<!channel> & <b>co</b>") -> A
 
 def test_alert_in_slack_and_email_escapes_key_names(renderer: Renderer) -> None:
     from bot.jobs.alerts import render
+    from bot.models import Destination
+
+    ops, mail_to = Destination.parse("slack:#ops"), Destination.parse("email:ops@example.com")
 
     for action in ("fire", "repeat", "resolve"):
-        slack = render(renderer, alert_event(action), "slack:#ops", dt.timedelta(hours=24))
+        slack = render(renderer, alert_event(action), ops, dt.timedelta(hours=24))
         raw = json.dumps(slack.blocks, ensure_ascii=False) + slack.text
         assert "&lt;!channel&gt; &amp; &lt;b&gt;co&lt;/b&gt;" in raw
         assert "<!channel>" not in raw and "<b>" not in raw
-        mail = render(renderer, alert_event(action), "email:ops@example.com",
+        mail = render(renderer, alert_event(action), mail_to,
                       dt.timedelta(hours=24))
         assert "&lt;!channel&gt; &amp; &lt;b&gt;co&lt;/b&gt;" in mail.html
         assert "<b>co" not in mail.html and "<!channel>" not in mail.html
         assert "<!channel> & <b>co</b>" in mail.text  # plain text stays readable
-    fired = render(renderer, alert_event("fire"), "slack:#ops", dt.timedelta(hours=24))
+    fired = render(renderer, alert_event("fire"), ops, dt.timedelta(hours=24))
     assert fired.blocks[0]["text"]["text"] == ":rotating_light: Alert: Key limit"
     assert fired.text == "Alert: API key &lt;!channel&gt; &amp; &lt;b&gt;co&lt;/b&gt; has 5.0% " \
         "of its limit left"
-    mail = render(renderer, alert_event("fire", name="prod"), "email:ops@example.com",
+    mail = render(renderer, alert_event("fire", name="prod"), mail_to,
                   dt.timedelta(hours=24))
     assert mail.subject == "Alert: API key prod has 5.0% of its limit left"
     assert "Threshold:    10%" in mail.text
@@ -645,10 +648,11 @@ def test_alert_in_slack_and_email_escapes_key_names(renderer: Renderer) -> None:
 
 def test_user_template_can_reword_an_alert(tmp_path: Path) -> None:
     from bot.jobs.alerts import render
+    from bot.models import Destination
 
     (tmp_path / "_alert_words.j2").write_text(
         (Path(__file__).parent.parent / "templates" / "_alert_words.j2").read_text()
         .replace("Key limit", "Schlüssellimit"))
-    msg = render(Renderer(tmp_path), alert_event(name="prod"), "slack:#ops",
+    msg = render(Renderer(tmp_path), alert_event(name="prod"), Destination.parse("slack:#ops"),
                  dt.timedelta(hours=24))
     assert msg.blocks[0]["text"]["text"] == ":rotating_light: Alert: Schlüssellimit"

@@ -10,52 +10,18 @@ import logging
 import smtplib
 import socket
 import ssl
-from dataclasses import dataclass
 
+from bot.config import EmailConfig
 from bot.errors import ConfigError, DeliveryError
 from bot.models import MailMessage
 
 LOG = logging.getLogger(__name__)
-
-SECURITY_MODES = ("starttls", "ssl", "none")
-DEFAULT_PORTS = {"starttls": 587, "ssl": 465, "none": 25}
 
 _IMAGE_TYPES = (
     (b"\x89PNG\r\n\x1a\n", "png"),
     (b"\xff\xd8\xff", "jpeg"),
     (b"GIF8", "gif"),
 )
-
-
-@dataclass(frozen=True)
-class SmtpSettings:
-    """Where and how to send: ``security`` is ``starttls`` (default), ``ssl`` or ``none``."""
-
-    host: str
-    port: int | None = None
-    security: str = "starttls"
-    username: str | None = None
-    password: str | None = None
-    sender: str = ""
-    timeout: float = 30.0
-    ca_file: str | None = None
-
-    def __post_init__(self) -> None:
-        if not self.host:
-            raise ConfigError("email.host: required to send e-mail")
-        if self.security not in SECURITY_MODES:
-            raise ConfigError("email.security: expected one of starttls, ssl, none")
-
-    @property
-    def effective_port(self) -> int:
-        """The configured port, else 587 for starttls, 465 for ssl, 25 for none."""
-        return self.port if self.port is not None else DEFAULT_PORTS[self.security]
-
-    def __repr__(self) -> str:  # keep the password out of any accidental log line
-        return (
-            f"SmtpSettings(host={self.host!r}, port={self.effective_port}, "
-            f"security={self.security!r}, username={self.username!r})"
-        )
 
 
 def build_mime(
@@ -126,9 +92,12 @@ def _image_subtype(data: bytes) -> str:
 class SmtpSender:
     """Sends MIME messages; every failure is one ``DeliveryError`` line without the password."""
 
-    def __init__(self, settings: SmtpSettings) -> None:
+    def __init__(self, settings: EmailConfig) -> None:
+        if not settings.host:
+            raise ConfigError("email.host: required to send e-mail")
         self._s = settings
-        self._where = f"{settings.host}:{settings.effective_port}"
+        self._host = settings.host or ""
+        self._where = f"{self._host}:{settings.effective_port}"
         self._warned_clear = False
 
     def send(self, mime: email.message.EmailMessage, recipients: list[str]) -> str:
@@ -187,10 +156,10 @@ class SmtpSender:
         port = s.effective_port
         smtp: smtplib.SMTP
         if s.security == "ssl":
-            smtp = smtplib.SMTP_SSL(s.host, port, timeout=s.timeout, context=self._context())
+            smtp = smtplib.SMTP_SSL(self._host, port, timeout=s.timeout, context=self._context())
         elif s.security == "starttls":
             context = self._context()
-            smtp = smtplib.SMTP(s.host, port, timeout=s.timeout)
+            smtp = smtplib.SMTP(self._host, port, timeout=s.timeout)
         else:
             if not self._warned_clear:
                 self._warned_clear = True
@@ -199,7 +168,7 @@ class SmtpSender:
                     self._where,
                     " and so does the password" if s.username else "",
                 )
-            smtp = smtplib.SMTP(s.host, port, timeout=s.timeout)
+            smtp = smtplib.SMTP(self._host, port, timeout=s.timeout)
         try:
             smtp.ehlo()
             if s.security == "starttls":

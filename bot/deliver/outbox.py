@@ -16,14 +16,22 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import re
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from bot.errors import BotError, ConfigError
-from bot.models import MailMessage, SlackMessage
+from bot.models import (
+    DeliveryState,
+    Destination,
+    DestinationKind,
+    MailMessage,
+    Outcome,
+    SlackMessage,
+    Status,
+)
 
 if TYPE_CHECKING:
     from bot.config import Config
@@ -36,25 +44,7 @@ log = logging.getLogger(__name__)
 Message = SlackMessage | MailMessage
 RETRY_BASE = dt.timedelta(minutes=1)
 RETRY_CAP = dt.timedelta(hours=1)
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What happened to one delivery: sent, already sent, failed, given up or dry run."""
-
-    destination: str
-    status: str
-    detail: str = ""
-    ref: str = ""
-    job: str = ""
-    period: str = ""
-
-    @property
-    def ok(self) -> bool:
-        return self.status in ("sent", "already sent", "in progress", "dry run", "skipped")
-
-    def line(self) -> str:
-        return f"{self.destination}: {self.status}" + (f" ({self.detail})" if self.detail else "")
+_PLAIN_PERIOD = re.compile(r"[0-9A-Za-z.-]+")
 
 
 # --- payload encoding ---------------------------------------------------------------------
@@ -118,7 +108,9 @@ def message_id(job: str, period: str, destination: str, attempt_key: str, sender
     """A Message-ID that stays the same across retries of one delivery."""
     digest = hashlib.sha256(f"{job}|{period}|{destination}|{attempt_key}".encode()).hexdigest()
     domain = sender.rsplit("@", 1)[-1].strip(" >") if "@" in sender else "openrouter-usage"
-    return f"<{job}.{period}.{digest[:16]}@{domain}>"
+    # a digest's period is a day or a day range; an alert's is structured text: left out
+    readable = period if _PLAIN_PERIOD.fullmatch(period) else ""
+    return f"<{job}.{readable + '.' if readable else ''}{digest[:16]}@{domain}>"
 
 
 # --- transports ---------------------------------------------------------------------------
@@ -146,45 +138,37 @@ class Transports:
 
     def smtp(self) -> SmtpSender:
         if self._smtp is None:
-            from bot.deliver.email import SmtpSender, SmtpSettings
+            from bot.deliver.email import SmtpSender
 
-            cfg = self.config.email
-            if not cfg.host or not cfg.sender:
+            if not self.config.email.configured:
                 raise ConfigError("email: set email.host and email.from to send e-mail")
-            self._smtp = SmtpSender(
-                SmtpSettings(
-                    host=cfg.host, port=cfg.port, security=cfg.security,
-                    username=cfg.username, password=cfg.password, sender=cfg.sender,
-                    timeout=cfg.timeout, ca_file=cfg.ca_file,
-                )
-            )
+            self._smtp = SmtpSender(self.config.email)
         return self._smtp
 
-    def send(self, destination: str, msg: Message, options: dict[str, Any], now: dt.datetime,
-             msg_id: str | None = None) -> str:
+    def send(self, destination: Destination, msg: Message, options: dict[str, Any],
+             now: dt.datetime, msg_id: str | None = None) -> str:
         """Deliver; returns a reference (Slack ts, Message-ID) or raises a BotError."""
-        kind, _, target = destination.partition(":")
-        if kind == "slack":
+        kind = destination.kind
+        if kind is DestinationKind.SLACK or kind is DestinationKind.WEBHOOK:
             if not isinstance(msg, SlackMessage):
                 raise ConfigError(f"{destination}: expected a Slack message")
+            channel = destination.target if kind is DestinationKind.SLACK else "webhook"
             return self.slack().post(
-                target, msg, thread_ts=options.get("thread_ts"),
+                channel, msg, thread_ts=options.get("thread_ts"),
                 reply_broadcast=bool(options.get("reply_broadcast")),
             )
-        if kind == "email":
+        if kind is DestinationKind.EMAIL:
             if not isinstance(msg, MailMessage):
                 raise ConfigError(f"{destination}: expected an e-mail message")
             from bot.deliver.email import build_mime
 
             smtp = self.smtp()
-            mime = build_mime(msg, sender=self.config.email.sender, recipients=[target],
-                              now=now, message_id=msg_id)
-            return smtp.send(mime, [target])
-        if destination == "stdout":
-            # the renderer gives stdout its terminal form: text only
-            sys.stdout.write(msg.text.rstrip("\n") + "\n")
-            return ""
-        raise ConfigError(f"unknown destination {destination!r}")
+            mime = build_mime(msg, sender=self.config.email.sender,
+                              recipients=[destination.target], now=now, message_id=msg_id)
+            return smtp.send(mime, [destination.target])
+        # stdout: the renderer gives it its terminal form, text only
+        sys.stdout.write(msg.text.rstrip("\n") + "\n")
+        return ""
 
 
 # --- the outbox ---------------------------------------------------------------------------
@@ -202,7 +186,7 @@ class Outbox:
         self,
         job: str,
         period: str,
-        destination: str,
+        destination: Destination,
         msg: Message,
         now: dt.datetime,
         *,
@@ -210,50 +194,66 @@ class Outbox:
         options: dict[str, Any] | None = None,
     ) -> Outcome:
         """Record the message under its idempotency key and try to deliver it now."""
-        if destination == "stdout":  # nothing to remember: printing is not a delivery
+        if destination.kind is DestinationKind.STDOUT:
+            # nothing to remember: printing is not a delivery
             self.transports.send(destination, msg, options or {}, now)
-            return Outcome(destination, "sent")
-        existing = self.store.outbox_get(job, period, destination)
-        if existing is not None and existing.status == "sent" and not force:
-            return Outcome(destination, "already sent", f"at {existing.sent_at:%Y-%m-%d %H:%M} UTC"
-                           if existing.sent_at else "", existing.ref or "")
-        if existing is not None and existing.status == "given_up" and not force:
-            return Outcome(destination, "given up", f"earlier ({existing.last_error}); "
-                           "use --force to send it anyway", "", job, period)
-        delivery = self.store.outbox_put(job, period, destination, encode(msg, options), now,
-                                         force=force)
+            return Outcome(destination=destination, status=Status.SENT)
+        existing = self.store.outbox_get(job, period, str(destination))
+        if existing is not None and existing.status == DeliveryState.SENT and not force:
+            when = f"at {existing.sent_at:%Y-%m-%d %H:%M} UTC" if existing.sent_at else ""
+            return Outcome(destination=destination, status=Status.ALREADY_SENT, detail=when,
+                           ref=existing.ref or "")
+        if existing is not None and existing.status == DeliveryState.GIVEN_UP and not force:
+            return Outcome(destination=destination, status=Status.GIVEN_UP,
+                           detail=f"earlier ({existing.last_error}); use --force to send it "
+                           "anyway", job=job, period=period)
+        delivery = self.store.outbox_put(job, period, str(destination), encode(msg, options),
+                                         now, force=force)
         return self.attempt(delivery, now)
 
     def attempt(self, delivery: Delivery, now: dt.datetime) -> Outcome:
-        """Send one recorded delivery, marking it sending -> sent, or back to pending."""
+        """Send one recorded delivery, marking it sending -> sent, or back to pending.
+
+        A ConfigError (a transport that is not configured, an unreadable CA file) is not a
+        delivery failure to retry for a day: the delivery stays pending and the error is
+        raised for the user to fix.
+        """
+        try:
+            destination = Destination.parse(delivery.destination)
+        except ValueError as exc:
+            raise ConfigError(f"outbox delivery {delivery.id}: {exc}") from None
+
+        def done(status: Status, detail: str = "", ref: str = "") -> Outcome:
+            return Outcome(destination=destination, status=status, detail=detail, ref=ref,
+                           job=delivery.job, period=delivery.period)
+
         created = delivery.created_at
         if created is not None and now - created > self.max_age:
             reason = f"undelivered for more than {self.max_age}; last error: {delivery.last_error}"
             self.store.outbox_give_up(delivery.id, now, reason)
             log.warning("gave up on %s %s to %s: %s", delivery.job, delivery.period,
                         delivery.destination, reason)
-            return Outcome(delivery.destination, "given up", reason, "", delivery.job,
-                           delivery.period)
+            return done(Status.GIVEN_UP, reason)
         msg, options = decode(delivery.payload)
         msg_id = None
-        if delivery.destination.startswith("email:"):
+        if destination.kind is DestinationKind.EMAIL:
             msg_id = message_id(delivery.job, delivery.period, delivery.destination,
                                 str(delivery.created_at), self.transports.config.email.sender)
         if not self.store.outbox_begin(delivery.id, now):
-            return Outcome(delivery.destination, "in progress",
-                           "another run is sending it or has just sent it", "",
-                           delivery.job, delivery.period)
+            return done(Status.IN_PROGRESS, "another run is sending it or has just sent it")
         try:
-            ref = self.transports.send(delivery.destination, msg, options, now, msg_id)
+            ref = self.transports.send(destination, msg, options, now, msg_id)
+        except ConfigError as exc:
+            self.store.outbox_failed(delivery.id, now, str(exc))
+            raise
         except BotError as exc:
             self.store.outbox_failed(delivery.id, now, str(exc))
             log.warning("delivery of %s %s to %s failed (will retry): %s", delivery.job,
                         delivery.period, delivery.destination, exc)
-            return Outcome(delivery.destination, "failed", str(exc), "", delivery.job,
-                           delivery.period)
+            return done(Status.FAILED, str(exc))
         self.store.outbox_sent(delivery.id, now, ref)
-        log.info("delivered %s %s to %s", delivery.job, delivery.period, delivery.destination)
-        return Outcome(delivery.destination, "sent", "", ref, delivery.job, delivery.period)
+        log.debug("delivered %s %s to %s", delivery.job, delivery.period, delivery.destination)
+        return done(Status.SENT, ref=ref)
 
     def flush(self, now: dt.datetime, *, jobs: tuple[str, ...] | None = None) -> list[Outcome]:
         """Retry the deliveries left pending (or mid-send by a crash) whose backoff has passed,

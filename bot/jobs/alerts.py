@@ -8,24 +8,22 @@ the first message (the resolution is also broadcast to the channel).
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import os
 import socket
-import sys
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bot.compute import aggregate
-from bot.compute.aggregate import DAY
 from bot.compute.alert_rules import Action, Inputs, Observation, evaluate, gone, step
 from bot.config import AlertRule
-from bot.deliver.outbox import Outbox, Outcome
+from bot.deliver.outbox import Message, Outbox
 from bot.errors import BotError, ConfigError
-from bot.jobs.send import print_dry_run
-from bot.models import AlertState
+from bot.jobs.send import Preview
+from bot.models import DAY, AlertState, Destination, DestinationKind, Outcome, Status
 
 if TYPE_CHECKING:
     from bot.app import App
@@ -47,6 +45,20 @@ class Event:
     action: Action
     obs: Observation
     state: AlertState
+
+
+@dataclass
+class AlertsResult:
+    """One evaluation: each notification with its outcomes (or, on a dry run, the messages
+    it would send), and the earlier deliveries retried first."""
+
+    events: list[tuple[Event, list[Outcome]]] = field(default_factory=list)
+    previews: list[Preview] = field(default_factory=list)
+    retried: list[Outcome] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(o.ok for _, outcomes in self.events for o in outcomes)
 
 
 def _save(store: Store, state: AlertState, now: dt.datetime) -> None:
@@ -94,20 +106,42 @@ def gather_inputs(app: App, now: dt.datetime, *, save: bool = True) -> Inputs:
     return Inputs(as_of=now, day=day, credits=snap.credits, keys=snap.keys, rows=rows)
 
 
-def destinations(app: App, rule: AlertRule) -> list[str]:
+def destinations(app: App, rule: AlertRule) -> list[Destination]:
     """The rule's own destinations, else the alerts' (config validation ensures one)."""
     return list(rule.to or app.config.alerts.to)
 
 
+def _stamp(when: dt.datetime) -> str:
+    return when.astimezone(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+
+
 def period(event: Event) -> str:
-    """Idempotency period of one notification: the alert, its episode and the step."""
+    """Idempotency period of one notification: the alert, its episode and the step, as JSON
+    (rule and subject names are free text, so the parts are never joined by a separator)."""
     st = event.state
-    stamp = st.since.astimezone(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-    when = st.last_notified_at.astimezone(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-    return f"{st.rule_id}|{st.subject}|{stamp}|{event.action}|{when}"
+    parts = {"rule": st.rule_id, "subject": st.subject, "since": _stamp(st.since),
+             "action": event.action, "at": _stamp(st.last_notified_at)}
+    return json.dumps(parts, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
 
 
-def render(renderer: Renderer, event: Event, dest: str, repeat_every: dt.timedelta) -> Any:
+def _period_parts(
+    text: str, states: dict[tuple[str, str], AlertState]
+) -> tuple[tuple[str, str], str, str] | None:
+    """The alert (rule id, subject), episode start and action an alert delivery was for."""
+    if text.startswith("{"):
+        doc = json.loads(text)
+        return (doc["rule"], doc["subject"]), doc["since"], doc["action"]
+    # deliveries recorded by earlier versions: "rule|subject|since|action|at" (names may
+    # contain "|", so the fixed-format fields are split off the right)
+    alert, since, action, _ = text.rsplit("|", 3)
+    for key in states:
+        if f"{key[0]}|{key[1]}" == alert:
+            return key, since, action
+    return None
+
+
+def render(renderer: Renderer, event: Event, dest: Destination,
+           repeat_every: dt.timedelta) -> Message:
     hours = repeat_every.total_seconds() / 3600
     ctx = {
         "repeat_every": f"{hours:g}h" if hours < 48 else f"{hours / 24:g}d",
@@ -117,16 +151,16 @@ def render(renderer: Renderer, event: Event, dest: str, repeat_every: dt.timedel
         "state": event.state,
         "as_of": event.state.last_notified_at,
     }
-    if dest.startswith("email:"):
+    if dest.kind is DestinationKind.EMAIL:
         return renderer.email("alert", **ctx)
     from bot.render.messages import terminal_text
 
     msg = renderer.slack("alert", **ctx)
-    return terminal_text(msg) if dest == "stdout" else msg
+    return terminal_text(msg) if dest.kind is DestinationKind.STDOUT else msg
 
 
-def run_alerts(app: App, *, dry_run: bool = False) -> list[tuple[Event, list[Outcome]]]:
-    """Evaluate once and deliver what changed; returns each event with its outcomes."""
+def run_alerts(app: App, *, dry_run: bool = False) -> AlertsResult:
+    """Evaluate once and deliver what changed (on a dry run: render it, change nothing)."""
     if not app.config.alerts.rules:
         raise ConfigError("alerts.rules: no rules configured")
     now = app.now()
@@ -142,88 +176,73 @@ def run_alerts(app: App, *, dry_run: bool = False) -> list[tuple[Event, list[Out
         store.lease_release(LEASE, holder)
 
 
-def _evaluate_and_deliver(
-    app: App, now: dt.datetime, *, dry_run: bool
-) -> list[tuple[Event, list[Outcome]]]:
+def _evaluate_and_deliver(app: App, now: dt.datetime, *, dry_run: bool) -> AlertsResult:
     from bot.render.messages import Renderer
 
     cfg = app.config.alerts
+    result = AlertsResult()
     store = app.existing_store() if dry_run else app.store()
     if store is not None and not dry_run:
         outbox = Outbox(store, app.transports(), app.config.delivery_max_age)
-        retried = outbox.flush(now, jobs=(JOB,))
-        for outcome in retried:
-            log.info("retried alert delivery: %s", outcome.line())
-        _record_threads(store, retried)
+        result.retried = outbox.flush(now, jobs=(JOB,))
+        for outcome in result.retried:
+            log.debug("retried alert delivery: %s", outcome.line())
+        _record_threads(store, result.retried)
     data = gather_inputs(app, now, save=not dry_run)
     states = {(s.rule_id, s.subject): s for s in store.alert_all()} if store else {}
     events, next_states = plan(cfg.rules, data, states, now=now, repeat_every=cfg.repeat_every,
                                margin=cfg.hysteresis_percent / 100)
     renderer = Renderer(app.config.templates_dir)
-    results = []
     for event in events:
         outcomes = []
         for dest in destinations(app, event.obs.rule):
             msg = render(renderer, event, dest, cfg.repeat_every)
             if dry_run:
-                print_dry_run(f"alert {event.action} {event.obs.rule.id}", "alert", dest, msg,
-                              Path("out"))
-                outcomes.append(Outcome(dest, "dry run"))
+                result.previews.append(
+                    Preview(f"alert {event.action} {event.obs.rule.id}", "alert", dest, msg))
+                outcomes.append(Outcome(destination=dest, status=Status.DRY_RUN))
                 continue
             assert store is not None
             outcome = outbox.submit(JOB, period(event), dest, msg, now,
                                     options=_thread_options(event, dest))
-            if event.action == "fire" and outcome.status == "sent" and outcome.ref:
-                event.state.threads[dest] = outcome.ref
+            if event.action == "fire" and outcome.status is Status.SENT and outcome.ref:
+                event.state.threads[str(dest)] = outcome.ref
             outcomes.append(outcome)
         if not dry_run:  # saved as soon as its messages are in the outbox
             assert store is not None
             _save(store, event.state, now)
-        results.append((event, outcomes))
+        result.events.append((event, outcomes))
     if not dry_run:
         assert store is not None
         notified = {(e.state.rule_id, e.state.subject) for e in events}
         for st in next_states:
             if (st.rule_id, st.subject) not in notified:
                 _save(store, st, now)
-    return results
+    return result
 
 
-def _thread_options(event: Event, dest: str) -> dict[str, Any]:
+def _thread_options(event: Event, dest: Destination) -> dict[str, Any]:
     """Repeats and resolutions go into the first Slack message's thread."""
-    thread = event.state.threads.get(dest)
-    if event.action == "fire" or not thread or not dest.startswith("slack:"):
+    thread = event.state.threads.get(str(dest))
+    if event.action == "fire" or not thread or dest.kind is not DestinationKind.SLACK:
         return {}
     return {"thread_ts": thread, "reply_broadcast": event.action == "resolve"}
 
 
 def _record_threads(store: Store, outcomes: list[Outcome]) -> None:
     """Remember the Slack ts of each alert's first message, for threading what follows."""
-    states = {f"{s.rule_id}|{s.subject}": s for s in store.alert_all()}
+    states = {(s.rule_id, s.subject): s for s in store.alert_all()}
     for o in outcomes:
-        if o.job != JOB or o.status != "sent" or not o.destination.startswith("slack:"):
+        if (o.job != JOB or o.status is not Status.SENT or not o.ref
+                or o.destination.kind is not DestinationKind.SLACK):
             continue
-        # names may contain "|": the fixed-format fields are split off the right
-        alert, since, action, _ = o.period.rsplit("|", 3)
-        st = states.get(alert)
-        if not o.ref or action != "fire" or st is None or st.status != "firing":
+        parts = _period_parts(o.period, states)
+        if parts is None:
             continue
-        if st.since.astimezone(dt.UTC).strftime("%Y%m%dT%H%M%SZ") == since:
-            st.threads[o.destination] = o.ref
+        key, since, action = parts
+        st = states.get(key)
+        if action != "fire" or st is None or st.status != "firing":
+            continue
+        if _stamp(st.since) == since:
+            st.threads[str(o.destination)] = o.ref
             _save(store, st, st.last_notified_at)
-
-
-def alerts_command(app: App, *, dry_run: bool) -> int:
-    from bot.render.messages import Renderer
-
-    results = run_alerts(app, dry_run=dry_run)
-    out = sys.stdout
-    if not results:
-        out.write("alerts: nothing changed\n")
-    renderer = Renderer(app.config.templates_dir)
-    for event, outcomes in results:
-        sent = ", ".join(o.line() for o in outcomes)
-        words = renderer.alert_words(event.obs)
-        out.write(f"{event.action.upper():8} {event.obs.rule.id} {words.subject}: "
-                  f"{words.value} (threshold {words.threshold}) -> {sent}\n")
-    return 0 if all(o.ok for _, outs in results for o in outs) else 1

@@ -1,23 +1,52 @@
-"""The `check` command: the config is valid, then each connection is tried and reported."""
+"""The `check` job: the connections this config needs, each tried and turned into a result."""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
 from typing import TYPE_CHECKING
 
 from bot.errors import BotError
+from bot.models import Destination, DestinationKind
 from bot.render import fmt
 
 if TYPE_CHECKING:
     from bot.app import App
 
-SKIP = "skip: "  # a detail starting with this was not tested, and is neither ok nor failed
+
+class Verdict(StrEnum):
+    OK = "ok"
+    FAIL = "FAIL"
+    SKIP = "skip"  # not tested, and neither ok nor failed
 
 
-def _all_destinations(app: App) -> list[str]:
+@dataclass(frozen=True)
+class Check:
+    """One connection to try: `probe` returns a one-line detail or raises a BotError."""
+
+    name: str
+    probe: Callable[[], str]
+    skip: bool = False  # not tried: `probe` only says why
+
+    def run(self) -> CheckResult:
+        try:
+            detail = self.probe()
+        except BotError as exc:
+            return CheckResult(self.name, Verdict.FAIL, str(exc))
+        return CheckResult(self.name, Verdict.SKIP if self.skip else Verdict.OK, detail)
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    name: str
+    verdict: Verdict
+    detail: str
+
+
+def _all_destinations(app: App) -> list[Destination]:
     cfg = app.config
-    dests: list[str] = []
+    dests: list[Destination] = []
     groups = [cfg.daily.to if cfg.daily.enabled else (), cfg.weekly.to if cfg.weekly.enabled
               else (), cfg.alerts.to, *(r.to for r in cfg.alerts.rules)]
     for group in groups:
@@ -25,10 +54,10 @@ def _all_destinations(app: App) -> list[str]:
     return dests
 
 
-def checks(app: App) -> list[tuple[str, Callable[[], str]]]:
-    """The checks this config calls for, each a name and a function returning a detail."""
+def checks(app: App) -> list[Check]:
+    """The checks this config calls for, in the order they are best run and shown."""
     cfg = app.config
-    out: list[tuple[str, Callable[[], str]]] = []
+    out: list[Check] = []
 
     def openrouter() -> str:
         with app.client(max_attempts=2) as client:
@@ -37,7 +66,7 @@ def checks(app: App) -> list[tuple[str, Callable[[], str]]]:
         return (f"management key works: {len(keys)} API keys, "
                 f"{fmt.money(credits.remaining)} of credits left")
 
-    out.append(("OpenRouter", openrouter))
+    out.append(Check("OpenRouter", openrouter))
 
     def history() -> str:
         store = app.existing_store()  # checking creates nothing
@@ -46,47 +75,26 @@ def checks(app: App) -> list[tuple[str, Callable[[], str]]]:
         last = store.last_sync_at()
         return f"{cfg.storage_path} (last sync: {fmt.as_of(last) if last else 'never'})"
 
-    out.append(("History database", history))
+    out.append(Check("History database", history))
     dests = _all_destinations(app)
+    kinds = {d.kind for d in dests}
     transports = app.transports()  # senders are created only when a check uses them
-    if any(d.startswith("slack:") and d != "slack:webhook" for d in dests) or cfg.slack.token:
-        out.append(("Slack auth", lambda: transports.slack().auth_test()))
+    if DestinationKind.SLACK in kinds or cfg.slack.token:
+        out.append(Check("Slack auth", lambda: transports.slack().auth_test()))
         for dest in dests:
-            if dest.startswith("slack:") and dest != "slack:webhook":
-                channel = dest.split(":", 1)[1]
+            if dest.kind is not DestinationKind.SLACK:
+                continue
 
-                def can_post(channel: str = channel) -> str:
-                    ok, detail = transports.slack().can_post(channel)
-                    if not ok:
-                        raise BotError(detail)
-                    return detail
+            def can_post(channel: str = dest.target) -> str:
+                ok, detail = transports.slack().can_post(channel)
+                if not ok:
+                    raise BotError(detail)
+                return detail
 
-                out.append((f"Slack {channel}", can_post))
-    if "slack:webhook" in dests:
-        out.append(("Slack webhook", lambda: SKIP + "configured; not tested, as that would post"))
-    if any(d.startswith("email:") for d in dests) or cfg.email.host:
-        out.append(("SMTP", lambda: transports.smtp().check()))
+            out.append(Check(f"Slack {dest.target}", can_post))
+    if DestinationKind.WEBHOOK in kinds:
+        out.append(Check("Slack webhook", lambda: "configured; not tested, as that would post",
+                         skip=True))
+    if DestinationKind.EMAIL in kinds or cfg.email.host:
+        out.append(Check("SMTP", lambda: transports.smtp().check()))
     return out
-
-
-def run_check(app: App) -> int:
-    cfg = app.config
-    print(f"Config: {cfg.source or 'defaults'} is valid "
-          f"({len(cfg.alerts.rules)} alert rules, timezone {cfg.timezone})")
-    failed = 0
-    for name, fn in checks(app):
-        try:
-            detail = fn()
-        except BotError as exc:
-            failed += 1
-            print(f"FAIL  {name}: {exc}")
-            continue
-        if detail.startswith(SKIP):
-            print(f"skip  {name}: {detail.removeprefix(SKIP)}")
-        else:
-            print(f"ok    {name}: {detail}")
-    sys.stdout.flush()
-    if failed:
-        print(f"{failed} check(s) failed", file=sys.stderr)
-        return 1
-    return 0

@@ -2,24 +2,27 @@
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import logging
-import sys
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bot.compute import aggregate
-from bot.compute.aggregate import DAY
 from bot.compute.digest import DailyDigest, WeeklyReport, build_daily, build_weekly
-from bot.config import require_transport, validate_destination
-from bot.deliver.outbox import Message, Outbox, Outcome
+from bot.config import require_transport
+from bot.deliver.outbox import Message, Outbox
 from bot.errors import ConfigError
-from bot.jobs.report import parse_day
-from bot.models import ActivityRow, MailMessage, SlackMessage
+from bot.models import (
+    DAY,
+    ActivityRow,
+    DeliveryState,
+    Destination,
+    DestinationKind,
+    Outcome,
+    Status,
+)
 
 if TYPE_CHECKING:
     from bot.app import App
@@ -29,6 +32,42 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CREDITS_META = "{job}.last_total_credits"
+
+
+@dataclass(frozen=True)
+class SendOptions:
+    """What `send` was asked for; `to` replaces the configured destinations when given."""
+
+    job: str  # daily | weekly
+    day: dt.date | None = None  # default: the latest completed UTC day, settled
+    to: tuple[Destination, ...] = ()
+    dry_run: bool = False
+    force: bool = False
+
+
+@dataclass(frozen=True)
+class Preview:
+    """A rendered message that a dry run shows instead of sending it."""
+
+    label: str  # what it is: "daily 2026-11-24", "alert fire credits"
+    stem: str  # file name stem for what is written to a file (e-mail HTML)
+    destination: Destination
+    message: Message
+
+
+@dataclass
+class SendResult:
+    """What one `send` did: an outcome per destination (and per retried delivery), or the
+    messages a dry run would have sent."""
+
+    job: str
+    period: str
+    outcomes: list[Outcome] = field(default_factory=list)
+    previews: list[Preview] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(o.ok for o in self.outcomes)
 
 
 @dataclass
@@ -105,110 +144,105 @@ def _warn_missing(store: Store, start: dt.date, end: dt.date) -> None:
                     "compare against them are incomplete", len(missing), missing[0], missing[-1])
 
 
-def render_for(renderer: Renderer, built: Built, destination: str, charts: bool) -> Message:
+def render_for(renderer: Renderer, built: Built, destination: Destination,
+               charts: bool) -> Message:
     """The message one destination gets: Slack blocks for Slack, MIME-ready mail for e-mail."""
     from bot.render.messages import terminal_text
 
     data = built.data
-    if destination.startswith("email:"):
+    if destination.kind is DestinationKind.EMAIL:
         if isinstance(data, DailyDigest):
             return renderer.daily_email(data)
         return renderer.weekly_email(data)
-    if destination == "stdout":
-        return terminal_text(renderer.daily_slack(data, charts=False) if isinstance(
-            data, DailyDigest) else renderer.weekly_slack(data, charts=False))
+    charts = charts and destination.kind is DestinationKind.SLACK
+    if destination.kind is DestinationKind.STDOUT:
+        charts = False
     if isinstance(data, DailyDigest):
-        return renderer.daily_slack(data, charts=charts and destination.startswith("slack:"))
-    return renderer.weekly_slack(data, charts=charts and destination.startswith("slack:"))
+        msg = renderer.daily_slack(data, charts=charts)
+    else:
+        msg = renderer.weekly_slack(data, charts=charts)
+    return terminal_text(msg) if destination.kind is DestinationKind.STDOUT else msg
+
+
+def _skipped(app: App, built: Built, destinations: list[Destination],
+             force: bool) -> list[Outcome] | None:
+    """With `skip_if_empty`, a period without spend sends nothing (unless forced)."""
+    report_cfg = app.config.daily if built.job == "daily" else app.config.weekly
+    if report_cfg.skip_if_empty and built.empty and not force:
+        return [Outcome(destination=d, status=Status.SKIPPED, detail="no spend in the period")
+                for d in destinations]
+    return None
+
+
+def preview(app: App, built: Built, destinations: list[Destination]) -> list[Preview]:
+    """What each destination would get, rendered and not sent (`--dry-run`)."""
+    from bot.render.messages import Renderer
+
+    renderer = Renderer(app.config.templates_dir)
+    stem = f"{built.job}-{built.period.replace('..', '_to_')}"
+    return [
+        Preview(f"{built.job} {built.period}", stem, dest,
+                render_for(renderer, built, dest, app.config.slack.charts))
+        for dest in destinations
+    ]
 
 
 def deliver(
-    app: App,
-    built: Built,
-    destinations: list[str],
-    *,
-    force: bool = False,
-    dry_run: bool = False,
-    out_dir: Path = Path("out"),
+    app: App, built: Built, destinations: list[Destination], *, force: bool = False
 ) -> list[Outcome]:
-    """Render for each destination and hand it to the outbox (or print it on a dry run)."""
+    """Render for each destination and hand it to the outbox."""
     from bot.render.messages import Renderer
 
     cfg = app.config
-    report_cfg = cfg.daily if built.job == "daily" else cfg.weekly
-    if report_cfg.skip_if_empty and built.empty and not force:
-        return [Outcome(d, "skipped", "no spend in the period") for d in destinations]
+    skipped = _skipped(app, built, destinations, force)
+    if skipped is not None:
+        return skipped
     renderer = Renderer(cfg.templates_dir)
     now = app.now()
     outbox = Outbox(app.store(), app.transports(), cfg.delivery_max_age)
-    outcomes = []
-    for dest in destinations:
-        msg = render_for(renderer, built, dest, cfg.slack.charts)
-        if dry_run:
-            stem = f"{built.job}-{built.period.replace('..', '_to_')}"
-            print_dry_run(f"{built.job} {built.period}", stem, dest, msg, out_dir)
-            outcomes.append(Outcome(dest, "dry run"))
-            continue
-        outcomes.append(outbox.submit(built.job, built.period, dest, msg, now, force=force))
-    if not dry_run and isinstance(built.data, DailyDigest | WeeklyReport):
-        credits = built.data.balance.credits
-        if credits is not None and any(o.status == "sent" for o in outcomes):
-            app.store().set_meta(CREDITS_META.format(job=built.job), str(credits.total_credits))
+    outcomes = [
+        outbox.submit(built.job, built.period, dest,
+                      render_for(renderer, built, dest, cfg.slack.charts), now, force=force)
+        for dest in destinations
+    ]
+    credits = built.data.balance.credits
+    if credits is not None and any(o.status is Status.SENT for o in outcomes):
+        app.store().set_meta(CREDITS_META.format(job=built.job), str(credits.total_credits))
     return outcomes
 
 
-def print_dry_run(label: str, stem: str, dest: str, msg: Message, out_dir: Path) -> None:
-    """Exactly what would be sent, on stdout; e-mail HTML to a file whose path is printed."""
-    import json
-
-    out = sys.stdout
-    out.write(f"--- {label} -> {dest} (dry run, nothing sent) ---\n")
-    if isinstance(msg, SlackMessage):
-        out.write(json.dumps({"text": msg.text, "blocks": msg.blocks}, indent=2,
-                             ensure_ascii=False) + "\n")
-        if msg.chart_png:
-            out.write(f"(plus a {len(msg.chart_png):,}-byte chart PNG uploaded in the thread)\n")
-        return
-    assert isinstance(msg, MailMessage)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    safe = dest.split(":", 1)[1].replace("@", "_at_").replace("/", "_")
-    html_path = out_dir / f"{stem}-{safe}.html"
-    html_path.write_text(msg.html, encoding="utf-8")
-    out.write(f"Subject: {msg.subject}\nTo: {dest.split(':', 1)[1]}\n")
-    for name, mime, data in msg.attachments:
-        out.write(f"Attachment: {name} ({mime}, {len(data):,} bytes)\n")
-    for cid, png in msg.inline_images.items():
-        out.write(f"Inline image: cid:{cid} ({len(png):,} bytes)\n")
-    out.write(f"HTML body written to {html_path}\n\n{msg.text.rstrip()}\n")
-
-
-def send_command(app: App, args: argparse.Namespace) -> int:
-    job: str = args.job
+def run_send(app: App, options: SendOptions) -> SendResult:
+    """Deliver (or preview) the daily digest or weekly report, after retrying what earlier
+    runs left pending; a digest already sent everywhere needs no call to OpenRouter."""
+    job = options.job
     report_cfg = app.config.daily if job == "daily" else app.config.weekly
-    destinations = list(args.to or report_cfg.to)
+    destinations = list(options.to or report_cfg.to)
     if not destinations:
         raise ConfigError(f"reports.{job}.to: no destinations; configure some or pass --to DEST")
     for i, dest in enumerate(destinations):
-        where = f"--to {dest}" if args.to else f"reports.{job}.to[{i}]"
-        require_transport(app.config, validate_destination(dest, where), where)
+        require_transport(app.config, dest, f"--to {dest}" if options.to
+                          else f"reports.{job}.to[{i}]")
     now = app.now()
-    # default: the latest completed UTC day at least 30 minutes old
-    day = parse_day(args.date, "--date") if args.date else aggregate.latest_complete_day(now)
-    outbox = Outbox(app.store(), app.transports(), app.config.delivery_max_age)
-    retried = [] if args.dry_run else outbox.flush(now, jobs=(job,))
+    day = options.day or aggregate.latest_complete_day(now)
     period = period_key(job, day)
-    if not (args.dry_run or args.force):
-        done = [outbox.store.outbox_get(job, period, d) for d in destinations]
-        if all(d is not None and d.status == "sent" for d in done):
+    if options.dry_run:
+        built = build(app, job, day)
+        skipped = _skipped(app, built, destinations, options.force)
+        if skipped is not None:
+            return SendResult(job, built.period, skipped)
+        return SendResult(job, built.period, previews=preview(app, built, destinations))
+    outbox = Outbox(app.store(), app.transports(), app.config.delivery_max_age)
+    retried = outbox.flush(now, jobs=(job,))
+    if not options.force:
+        done = [outbox.store.outbox_get(job, period, str(d)) for d in destinations]
+        if all(d is not None and d.status == DeliveryState.SENT for d in done):
             # nothing to send: no need to reach OpenRouter at all
-            for dest, d in zip(destinations, done, strict=True):
-                assert d is not None
-                print(f"{job} {period}: {dest}: already sent"
-                      + (f" (at {d.sent_at:%Y-%m-%d %H:%M} UTC)" if d.sent_at else ""))
-            return 0 if all(o.ok for o in retried) else 1
+            already = [
+                Outcome(destination=dest, status=Status.ALREADY_SENT, job=job, period=period,
+                        detail=f"at {d.sent_at:%Y-%m-%d %H:%M} UTC" if d and d.sent_at else "")
+                for dest, d in zip(destinations, done, strict=True)
+            ]
+            return SendResult(job, period, retried + already)
     built = build(app, job, day)
-    outcomes = retried + deliver(app, built, destinations, force=args.force, dry_run=args.dry_run)
-    if not args.dry_run:
-        for o in outcomes:
-            print(f"{job} {o.period or built.period}: {o.line()}")
-    return 0 if all(o.ok for o in outcomes) else 1
+    return SendResult(job, period, retried + deliver(app, built, destinations,
+                                                     force=options.force))
