@@ -101,4 +101,4 @@ class App:
             self.config.slack.webhook_url,
             self.config.email.password,
         ]
-        return [v for v in values if isinstance(v, str) and len(v) >= 6]
+        return [v for v in values if isinstance(v, str) and v]

@@ -79,21 +79,20 @@ def _global_options(parser: argparse.ArgumentParser, default: str | None) -> Non
 
 
 class _Redactor(logging.Filter):
-    """Replaces known secret values in every log record."""
+    """Takes this run's secrets (and anything shaped like one) out of every log record."""
 
     def __init__(self) -> None:
         super().__init__()
         self.secrets: list[str] = []
 
     def redact(self, text: str) -> str:
-        for secret in self.secrets:
-            text = text.replace(secret, "***")
-        return text
+        from bot.text import redact
+
+        return redact(text, self.secrets)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if self.secrets:
-            record.msg = self.redact(record.getMessage())
-            record.args = None
+        record.msg = self.redact(record.getMessage())
+        record.args = None
         return True
 
 

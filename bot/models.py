@@ -202,11 +202,6 @@ class Destination:
                 return cls(DestinationKind.EMAIL, target)
         raise ValueError(f"expected a destination such as {DESTINATION_FORMS}, got {text!r}")
 
-    @property
-    def is_slack(self) -> bool:
-        """Delivered through Slack (a channel or the webhook)."""
-        return self.kind in (DestinationKind.SLACK, DestinationKind.WEBHOOK)
-
     def __str__(self) -> str:
         if self.kind in (DestinationKind.SLACK, DestinationKind.EMAIL):
             return f"{self.kind}:{self.target}"

@@ -6,7 +6,6 @@ import datetime as dt
 import json
 import logging
 import random
-import re
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -18,10 +17,11 @@ from typing import Any
 import httpx
 
 from bot import __version__
+from bot.config import DEFAULT_BASE_URL
 from bot.errors import ApiError, AuthError, ConfigError, NotManagementKey
 from bot.models import ZERO, ActivityRow, ApiKey, Credits, Snapshot
+from bot.text import one_line, redact
 
-DEFAULT_BASE_URL = "https://openrouter.ai/api/v1"
 MANAGEMENT_KEYS_URL = "https://openrouter.ai/settings/management-keys"
 USER_AGENT = f"openrouter-usage/{__version__}"
 
@@ -169,9 +169,8 @@ def parse_key(raw: dict[str, Any]) -> ApiKey:
 
 
 def _short(text: str, limit: int = MAX_MESSAGE) -> str:
-    """`text` on one line, whitespace collapsed, cut to `limit` characters."""
-    line = re.sub(r"\s+", " ", text).strip()
-    return line if len(line) <= limit else line[: limit - 1] + "…"
+    """`text` on one line, cut to this module's length for quoted API text."""
+    return one_line(text, limit)
 
 
 def _loads(content: bytes) -> Any:
@@ -484,9 +483,7 @@ class OpenRouterClient:
         return ApiError(self._redact(f"OpenRouter {path} returned a malformed body: {detail}"))
 
     def _redact(self, text: str) -> str:
-        if len(self._key) >= 6:
-            text = text.replace(self._key, "***")
-        return text
+        return redact(text, [self._key])
 
 
 def _wait_all(futures: list[Future[Any]]) -> None:

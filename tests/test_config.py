@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from bot.config import load_config, parse_duration
+from bot.config import load_config, parse_destination, parse_duration
 from bot.errors import ConfigError
+from bot.models import Destination, DestinationKind
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -179,3 +180,28 @@ def test_lenient_loading_for_commands_that_need_little(tmp_path: Path) -> None:
         load_config(path, {})
     cfg = load_config(path, {}, strict=False)
     assert cfg.slack.token is None
+
+
+@pytest.mark.parametrize(
+    ("text", "kind", "target"),
+    [
+        ("slack:#ops", DestinationKind.SLACK, "#ops"),
+        ("slack:C0123ABC", DestinationKind.SLACK, "C0123ABC"),
+        ("slack:webhook", DestinationKind.WEBHOOK, ""),
+        ("email:lead@example.com", DestinationKind.EMAIL, "lead@example.com"),
+        ("stdout", DestinationKind.STDOUT, ""),
+    ],
+)
+def test_destination_parses_into_kind_and_target_and_prints_back_the_same(
+    text: str, kind: DestinationKind, target: str
+) -> None:
+    dest = Destination.parse(text)
+    assert (dest.kind, dest.target) == (kind, target)
+    assert str(dest) == text  # the outbox keys deliveries by this form: it must not drift
+
+
+@pytest.mark.parametrize("text", ["slack:", "slack:#a b", "email:nobody", "stdout:x", "pager:me",
+                                  "", "Slack:#ops"])
+def test_a_malformed_destination_names_the_forms_it_accepts(text: str) -> None:
+    with pytest.raises(ConfigError, match=r"^--to x: expected a destination such as slack:#"):
+        parse_destination(text, "--to x")

@@ -123,6 +123,21 @@ def test_a_failing_job_is_logged_and_retried_without_stopping_others(
     daemon.app.close()
 
 
+def test_a_digest_sent_by_the_daemon_logs_one_info_line(
+    setup, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = write_config(setup, dt.time(9, 0))
+    daemon = daemon_at(setup, config, dt.datetime.combine(NOW.date(), dt.time(10, 0), dt.UTC))
+    assert daemon.hold_lease()
+    caplog.set_level(logging.INFO, logger="bot")
+    daemon.check_slots()
+    assert len(setup["slack"].posts) == 1
+    info = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    assert len(info) == 1 and info[0].startswith("job daily (slot ")
+    assert "slack:#ops: sent" in info[0]
+    daemon.app.close()
+
+
 def test_two_daemons_on_one_database_never_both_send(setup) -> None:
     config = write_config(setup, dt.time(9, 0))
     start = dt.datetime.combine(NOW.date(), dt.time(8, 0), dt.UTC)

@@ -10,9 +10,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from bot.models import ZERO, ActivityRow
-
-DAY = dt.timedelta(days=1)
+from bot.models import DAY, SETTLE, ZERO, ActivityRow
 
 
 @dataclass(slots=True)
@@ -129,7 +127,7 @@ def runway_days(remaining: Decimal, daily_usage: Decimal) -> Decimal | None:
 
 
 def latest_complete_day(
-    now: dt.datetime, settle: dt.timedelta = dt.timedelta(minutes=30)
+    now: dt.datetime, settle: dt.timedelta = SETTLE
 ) -> dt.date:
     """The latest UTC day whose data is complete: ended at least `settle` before `now`."""
     return (now.astimezone(dt.UTC) - settle).date() - DAY

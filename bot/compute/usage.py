@@ -18,10 +18,6 @@ class Period:
     end: dt.date
 
     @property
-    def days(self) -> int:
-        return (self.end - self.start).days + 1
-
-    @property
     def label(self) -> str:
         if self.start == self.end:
             return f"{self.start.isoformat()} (UTC)"

@@ -14,6 +14,7 @@ import ssl
 from bot.config import EmailConfig
 from bot.errors import ConfigError, DeliveryError
 from bot.models import MailMessage
+from bot.text import one_line, redact
 
 LOG = logging.getLogger(__name__)
 
@@ -118,7 +119,7 @@ class SmtpSender:
                 f"SMTP {self._where} refused {_refused(refused)} "
                 f"(accepted for the other {len(recipients) - len(refused)} recipient(s))"
             )
-        LOG.info(
+        LOG.debug(
             "E-mail %s sent through %s to %d recipient(s)", message_id, self._where, len(recipients)
         )
         return message_id
@@ -182,11 +183,7 @@ class SmtpSender:
         return smtp
 
     def _reason(self, exc: BaseException) -> str:
-        text = _describe(exc, self._s.timeout)
-        if self._s.password:
-            text = text.replace(self._s.password, "***")
-        line = " ".join(text.split())
-        return line if len(line) <= 300 else line[:297] + "..."
+        return one_line(redact(_describe(exc, self._s.timeout), [self._s.password]))
 
 
 def _close(smtp: smtplib.SMTP) -> None:

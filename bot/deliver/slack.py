@@ -27,10 +27,10 @@ from slack_sdk.http_retry.response import HttpResponse
 from slack_sdk.http_retry.state import RetryState
 from slack_sdk.web import SlackResponse
 
+from bot.config import DEFAULT_SLACK_API
 from bot.errors import ConfigError, DeliveryError
 from bot.models import SlackMessage
-
-DEFAULT_SLACK_API = "https://slack.com/api/"
+from bot.text import one_line, redact
 
 LOG = logging.getLogger(__name__)
 
@@ -43,8 +43,6 @@ _SDK_LOG.setLevel(logging.CRITICAL)
 # Channel IDs (C…, G… private, D… DM) as opposed to channel names, which are lowercase.
 _CHANNEL_ID = re.compile(r"[CGD][A-Z0-9]{6,}")
 _ERROR_CODE = re.compile(r"[a-z][a-z0-9_]*")
-_TOKEN_LIKE = re.compile(r"xox[a-z]-[A-Za-z0-9-]+")
-_HOOK_LIKE = re.compile(r"hooks\.slack\.com/\S+")
 
 T = TypeVar("T")
 
@@ -260,7 +258,7 @@ class SlackSender:
         if not ts:
             raise DeliveryError(f"Slack chat.postMessage to {channel} failed: no ts in the answer")
         channel_id = str(response.get("channel") or channel)
-        LOG.info("Slack message posted to %s (ts %s)", channel, ts)
+        LOG.debug("Slack message posted to %s (ts %s)", channel, ts)
         if self._charts and msg.chart_png:
             self._upload_chart(web, channel_id, thread_ts or ts, msg.chart_png, msg.chart_title)
         return ts
@@ -282,7 +280,7 @@ class SlackSender:
         if response.status_code != 200 or _json_not_ok(body):
             detail = self._redact(body) if body else "(empty answer)"
             raise DeliveryError(f"Slack webhook failed: HTTP {response.status_code} {detail}")
-        LOG.info("Slack message posted through the webhook")
+        LOG.debug("Slack message posted through the webhook")
 
     def _upload_chart(
         self, web: WebClient, channel_id: str, thread_ts: str, png: bytes, title: str
@@ -306,7 +304,7 @@ class SlackSender:
                 reason,
             )
         else:
-            LOG.info("Slack chart uploaded to %s (thread %s)", channel_id, thread_ts)
+            LOG.debug("Slack chart uploaded to %s (thread %s)", channel_id, thread_ts)
 
     # -- checks ----------------------------------------------------------------------------
 
@@ -403,13 +401,7 @@ class SlackSender:
         return self._redact(text)
 
     def _redact(self, text: str) -> str:
-        for secret in (self._token, self._webhook_url):
-            if secret:
-                text = text.replace(secret, "***")
-        text = _TOKEN_LIKE.sub("xox*-***", text)
-        text = _HOOK_LIKE.sub("hooks.slack.com/***", text)
-        line = " ".join(text.split())
-        return line if len(line) <= 200 else line[:197] + "..."
+        return one_line(redact(text, [self._token, self._webhook_url]), 200)
 
 
 def _json_not_ok(body: str) -> bool:

@@ -14,13 +14,20 @@ from pathlib import Path
 from typing import Any
 
 from bot.errors import DataError
-from bot.models import ActivityRow, AlertState, ApiKey, Credits, Snapshot
+from bot.models import (
+    DAY,
+    SETTLE,
+    ActivityRow,
+    AlertState,
+    ApiKey,
+    Credits,
+    DeliveryState,
+    Snapshot,
+)
 from bot.store.migrations import MIGRATIONS, SCHEMA_VERSION
+from bot.text import one_line
 
-DAY = dt.timedelta(days=1)
 BUSY_TIMEOUT_MS = 5000
-# /activity data for a UTC day is complete about this long after the day ends.
-SETTLE = dt.timedelta(minutes=30)
 ERROR_MAX = 300  # characters of an error message kept on a delivery
 
 
@@ -31,7 +38,6 @@ KEY_FIGURES = (
     "byok_usage", "byok_usage_daily", "byok_usage_weekly", "byok_usage_monthly",
 )
 KEY_TEXT = ("name", "label", "limit_reset", "created_at", "expires_at")
-OUTBOX_STATUSES = ("pending", "sending", "sent", "given_up")
 
 
 # --- value conversions -------------------------------------------------------------------
@@ -66,11 +72,6 @@ def _dt_or_none(text: str | None) -> dt.datetime | None:
 
 def _quote(column: str) -> str:
     return f'"{column}"'
-
-
-def _one_line(text: str) -> str:
-    line = " ".join(text.split())
-    return line if len(line) <= ERROR_MAX else line[: ERROR_MAX - 1] + "…"
 
 
 # --- connection and migrations -----------------------------------------------------------
@@ -181,7 +182,7 @@ class Delivery:
     period: str
     destination: str
     payload: str
-    status: str  # pending | sending | sent | given_up
+    status: DeliveryState
     attempts: int
     created_at: dt.datetime
     last_attempt_at: dt.datetime | None = None
@@ -420,14 +421,6 @@ class Store:
             seen = row["first_seen"]
         return _dt(seen), _credits_from_row(row)
 
-    def credits_history(self, since: dt.datetime) -> list[tuple[dt.datetime, Credits]]:
-        """Every distinct credits figure in force at or after `since`, oldest first, each with
-        when it was first seen (so the first may predate `since`: it was current then)."""
-        rows = self._rows(
-            "SELECT * FROM credits WHERE last_seen >= ? ORDER BY first_seen, id", (_ts(since),)
-        )
-        return [(_dt(r["first_seen"]), _credits_from_row(r)) for r in rows]
-
     def keys(self) -> list[ApiKey]:
         """The latest known state of every key ever seen (removed keys included)."""
         rows = self._rows("SELECT * FROM keys ORDER BY name, label, hash")
@@ -532,7 +525,7 @@ class Store:
             self.conn.execute(
                 "UPDATE deliveries SET status = 'pending', last_error = ?, updated_at = ? "
                 "WHERE id = ?",
-                (_one_line(error), ts, delivery_id),
+                (one_line(error, ERROR_MAX), ts, delivery_id),
             )
 
     def outbox_give_up(self, delivery_id: int, now: dt.datetime, reason: str) -> None:
@@ -541,7 +534,7 @@ class Store:
             self.conn.execute(
                 "UPDATE deliveries SET status = 'given_up', last_error = ?, updated_at = ? "
                 "WHERE id = ?",
-                (_one_line(reason), ts, delivery_id),
+                (one_line(reason, ERROR_MAX), ts, delivery_id),
             )
 
     def outbox_due(self) -> list[Delivery]:
@@ -553,12 +546,6 @@ class Store:
         return [_delivery_from_row(r) for r in rows]
 
     # --- alert state ---------------------------------------------------------------------
-
-    def alert_get(self, rule_id: str, subject: str) -> AlertState | None:
-        row = self._row(
-            "SELECT * FROM alerts WHERE rule_id = ? AND subject = ?", (rule_id, subject)
-        )
-        return None if row is None else _alert_from_row(row)
 
     def alert_put(self, state: AlertState) -> None:
         updated = state.updated_at or state.last_notified_at
@@ -664,7 +651,7 @@ def _delivery_from_row(r: sqlite3.Row) -> Delivery:
         period=r["period"],
         destination=r["destination"],
         payload=r["payload"],
-        status=r["status"],
+        status=DeliveryState(r["status"]),
         attempts=r["attempts"],
         created_at=_dt(r["created_at"]),
         last_attempt_at=_dt_or_none(r["last_attempt_at"]),
