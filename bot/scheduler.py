@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from bot.config import WEEKDAYS, ReportConfig
 from bot.errors import BotError
-from bot.models import Status
+from bot.models import DAY, Status
 
 if TYPE_CHECKING:
     import schedule
@@ -57,7 +57,7 @@ def last_slot(
             slot = _localize(tz, dt.datetime.combine(day, at))
             if slot <= now:
                 return slot.astimezone(dt.UTC)
-        day -= dt.timedelta(days=1)
+        day -= DAY
     raise AssertionError("unreachable: a slot exists within eight days")
 
 
@@ -74,7 +74,7 @@ def next_slot(
             slot = _localize(tz, dt.datetime.combine(day, at))
             if slot > now:
                 return slot.astimezone(dt.UTC)
-        day += dt.timedelta(days=1)
+        day += DAY
     raise AssertionError("unreachable: a slot exists within nine days")
 
 
