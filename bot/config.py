@@ -320,11 +320,15 @@ def _choice(*options: str) -> Callable[[Any, str], Any]:
 
 
 def _timezone(value: Any, path: str) -> str:
-    import pytz
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-    if not isinstance(value, str) or value not in pytz.all_timezones_set:
-        raise ConfigError(f"{path}: unknown time zone {value!r} (use an IANA name such as UTC)")
-    return value
+    if isinstance(value, str) and value:
+        try:
+            ZoneInfo(value)
+            return value
+        except (ZoneInfoNotFoundError, ValueError, OSError):
+            pass
+    raise ConfigError(f"{path}: unknown time zone {value!r} (use an IANA name such as UTC)")
 
 
 def _weekday(value: Any, path: str) -> str:

@@ -22,6 +22,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo
 
 from bot.config import WEEKDAYS, ReportConfig
 from bot.errors import BotError
@@ -47,9 +48,7 @@ def last_slot(
     """The latest time at or before `now` (UTC) when a job at wall-clock `at` in `tz_name`
     (on `weekday`, if given) was due. A wall-clock time skipped by DST runs at the first
     valid instant after it; a repeated one runs at its first occurrence."""
-    import pytz
-
-    tz = pytz.timezone(tz_name)
+    tz = ZoneInfo(tz_name)
     local_now = now.astimezone(tz)
     day = local_now.date()
     for _ in range(8 if weekday else 2):
@@ -65,9 +64,7 @@ def next_slot(
     now: dt.datetime, at: dt.time, tz_name: str, weekday: str | None = None
 ) -> dt.datetime:
     """The first time strictly after `now` (UTC) when the job is due."""
-    import pytz
-
-    tz = pytz.timezone(tz_name)
+    tz = ZoneInfo(tz_name)
     day = now.astimezone(tz).date()
     for _ in range(9):
         if weekday is None or WEEKDAYS[day.weekday()] == weekday:
@@ -78,16 +75,11 @@ def next_slot(
     raise AssertionError("unreachable: a slot exists within nine days")
 
 
-def _localize(tz: Any, naive: dt.datetime) -> dt.datetime:
-    """Attach `tz` to a wall-clock time, resolving DST gaps forward and folds to the first."""
-    import pytz
-
-    try:
-        return tz.localize(naive, is_dst=None)
-    except pytz.NonExistentTimeError:
-        return tz.normalize(tz.localize(naive, is_dst=False))
-    except pytz.AmbiguousTimeError:
-        return tz.localize(naive, is_dst=True)
+def _localize(tz: ZoneInfo, naive: dt.datetime) -> dt.datetime:
+    """The instant (UTC) of a wall-clock time in `tz`. With fold=0 (PEP 495) a time skipped by
+    DST takes the offset from before the change, which is the instant right after the gap, and
+    a repeated time is its first occurrence."""
+    return naive.replace(tzinfo=tz, fold=0).astimezone(dt.UTC)
 
 
 def first_start_baseline(

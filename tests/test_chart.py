@@ -1,14 +1,25 @@
-"""The PNG daily-spend chart: valid, sized for e-mail, deterministic, highlighted week."""
+"""The daily-spend chart: a PNG with matplotlib (valid, sized for e-mail, deterministic,
+highlighted week), HTML-table bars in e-mail without it."""
 
 from __future__ import annotations
 
 import datetime as dt
 import io
+import json
+import re
 import struct
+import sys
 from decimal import Decimal
+from pathlib import Path
+
+import pytest
 
 from bot.compute.aggregate import Figures, Group
-from bot.render.chart import MUTED, STRONG, chart_png
+from bot.compute.digest import WeeklyReport, build_daily, build_weekly
+from bot.models import ActivityRow
+from bot.render.chart import MUTED, STRONG, chart_png, png_available
+from bot.render.messages import Renderer
+from tests.rows import row
 
 
 def series(values: list[str], start: dt.date = dt.date(2026, 11, 11)) -> list[Group]:
@@ -66,3 +77,90 @@ def test_all_zero_and_empty_series_render() -> None:
 def test_dollar_signs_in_titles_and_small_amounts() -> None:
     png = chart_png(series(["0.004", "0.5", "1.25"]), title="Spend $5 and $6")
     assert png.startswith(b"\x89PNG")
+
+
+# --- without matplotlib (the `charts` extra): HTML-table bars in e-mail, text in Slack ----------
+
+
+@pytest.fixture()
+def no_matplotlib(monkeypatch: pytest.MonkeyPatch) -> None:
+    """This test runs as if matplotlib were not installed: importing it fails."""
+    for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+
+
+def fourteen_days() -> list[ActivityRow]:
+    """Nov 11-24 (the last of them the peak, $24), with nothing spent on Nov 21."""
+    values = ["21.5", "20", "19.3", "8.35", "7", "17", "17.6", "18", "17.4", "17", "0", "9", "19.7",
+              "24"]
+    return [row((dt.date(2026, 11, 11) + dt.timedelta(days=i)).isoformat(), usage=v)
+            for i, v in enumerate(values)]
+
+
+AS_OF = dt.datetime(2026, 11, 25, 9, 30, tzinfo=dt.UTC)
+
+
+def weekly_report() -> WeeklyReport:
+    return build_weekly(dt.date(2026, 11, 24), as_of=AS_OF, rows=fourteen_days(), key_rows={},
+                        key_names={}, credits=None)
+
+
+def bars(html: str) -> list[tuple[str, str]]:
+    """(width, colour) of each drawn bar."""
+    return re.findall(r'<table role="presentation" width="(\d+)%"[^>]*>(?:\s|<tbody>)*<tr>\s*'
+                      r'<td class="bar"[^>]*\bbgcolor="(#[0-9a-f]{6})"', html)
+
+
+def test_png_available_follows_the_import(no_matplotlib: None) -> None:
+    assert not png_available()
+
+
+def test_email_without_matplotlib_draws_the_bars_with_tables(no_matplotlib: None) -> None:
+    msg = Renderer().weekly_email(weekly_report())
+    assert msg.inline_images == {} and "cid:" not in msg.html and "<img" not in msg.html
+    drawn = bars(msg.html)
+    # 14 days, the empty one without a bar; widths are shares of the $24 peak
+    assert len(drawn) == 13
+    assert drawn[-1] == ("100", STRONG) and drawn[0] == ("90", MUTED)  # 21.5 / 24
+    assert [c for _, c in drawn] == [MUTED] * 7 + [STRONG] * 6  # this week strong
+    assert "Sat 11-21" in msg.html and "$24.00" in msg.html  # every day labelled, with amount
+    assert "This week" in msg.html and "Week before" in msg.html  # the legend
+    # no CSS the big clients strip is needed: the bars are attributes on table cells
+    assert 'bgcolor="#2563eb"' in msg.html and 'height="14"' in msg.html
+
+
+def test_daily_email_without_matplotlib_highlights_the_day(no_matplotlib: None) -> None:
+    d = build_daily(dt.date(2026, 11, 24), as_of=AS_OF, rows=fourteen_days(), key_rows={},
+                    key_names={}, keys=[], credits=None)
+    msg = Renderer().daily_email(d)
+    drawn = bars(msg.html)
+    assert len(drawn) == 13 and drawn[-1] == ("100", STRONG)
+    assert {c for _, c in drawn[:-1]} == {MUTED}
+    assert msg.inline_images == {}
+
+
+def test_slack_charts_without_matplotlib_keep_the_text_chart(
+    no_matplotlib: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    msg = Renderer().weekly_slack(weekly_report(), charts=True)
+    assert msg.chart_png is None
+    assert "```" in json.dumps(msg.blocks)  # the text chart is in the message itself
+    assert "openrouter-usage[charts]" in caplog.text
+
+
+def test_demo_without_matplotlib_writes_the_weekly_email_with_a_chart(
+    no_matplotlib: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bot.jobs.demo import run_demo
+
+    assert run_demo(out_dir=str(tmp_path), now=AS_OF) == 0
+    capsys.readouterr()
+    html = (tmp_path / "weekly-email.html").read_text()
+    assert len(bars(html)) == 14 and "data:image/png" not in html
+
+
+def test_renderer_can_be_told_not_to_draw_pngs() -> None:
+    msg = Renderer(png_charts=False).weekly_email(weekly_report())
+    assert msg.inline_images == {} and len(bars(msg.html)) == 13
+    assert Renderer(png_charts=True).weekly_email(weekly_report()).inline_images["chart"]

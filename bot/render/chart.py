@@ -1,4 +1,7 @@
-"""PNG bar chart of daily spend for e-mail and Slack (matplotlib's Agg canvas, no pyplot)."""
+"""PNG bar chart of daily spend for e-mail and Slack (matplotlib's Agg canvas, no pyplot).
+
+matplotlib is the optional ``charts`` extra: :func:`png_available` says whether it is there.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +21,15 @@ def _dollars(value: float, cents: bool) -> str:
     # `\$` keeps matplotlib from reading a dollar sign as the start of mathtext.
     text = f"{value:,.2f}" if cents else f"{value:,.0f}"
     return "\\$" + text
+
+
+def png_available() -> bool:
+    """Whether matplotlib is installed (`pip install 'openrouter-usage[charts]'`)."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def chart_png(series: list[Group], *, title: str, highlight_from: dt.date | None = None) -> bytes:

@@ -77,9 +77,13 @@ def as_of(value: dt.datetime) -> str:
     return value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
+def bar_length(value: Decimal, peak: Decimal, width: int) -> int:
+    """How many of `width` units a bar of value/peak takes (at least 1 for any non-zero value)."""
+    if peak <= 0 or value <= 0:
+        return 0
+    return max(int((value / peak * width).to_integral_value(rounding=ROUND_HALF_UP)), 1)
+
+
 def bar(value: Decimal, peak: Decimal, width: int = 30) -> str:
     """A text bar proportional to value/peak (at least one block for any non-zero value)."""
-    if peak <= 0 or value <= 0:
-        return ""
-    blocks = int((value / peak * width).to_integral_value(rounding=ROUND_HALF_UP))
-    return "█" * max(blocks, 1)
+    return "█" * bar_length(value, peak, width)

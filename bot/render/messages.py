@@ -15,7 +15,12 @@ macros of ``_alert_words.j2``; :meth:`Renderer.alert_words` turns an observation
 words as plain text, and the alert templates escape them for their channel like any name.
 
 E-mail: ``email/<name>.html.j2`` (autoescaped; CSS written in a ``<style>`` block is inlined
-with css_inline) and ``email/<name>.txt.j2`` (plain text). The subject is the text of the
+with css_inline) and ``email/<name>.txt.j2`` (plain text).
+
+Charts: with matplotlib installed (the ``charts`` extra) the e-mails carry a PNG chart by
+Content-ID and ``slack.charts`` uploads one into the digest's thread; without it the e-mails
+draw the bars with HTML tables (``chart_image`` is false in their context) and Slack keeps the
+text chart of its message. The subject is the text of the
 rendered HTML's ``<title>``, which templates set with ``{% block subject %}`` of
 ``email/_base.html.j2``; when that is empty, the ``subject`` variable passed to :meth:`email`.
 """
@@ -26,6 +31,7 @@ import datetime as dt
 import html
 import io
 import json
+import logging
 import re
 import traceback
 from collections.abc import Callable
@@ -42,11 +48,13 @@ from bot.compute.digest import DailyDigest, Line, Ranking, WeeklyReport
 from bot.errors import ConfigError
 from bot.models import MailMessage, SlackMessage
 from bot.render import fmt
-from bot.render.chart import chart_png
+from bot.render.chart import chart_png, png_available
 from bot.render.text import write_csv
 
 if TYPE_CHECKING:
     from bot.compute.alert_rules import Observation
+
+log = logging.getLogger(__name__)
 
 MAX_BLOCKS = 50
 MAX_SECTION_TEXT = 3000
@@ -110,6 +118,11 @@ def _bar(value: Decimal, peak: Decimal, width: int = 20) -> str:
     return fmt.bar(value, peak, width)
 
 
+def _bar_percent(value: Decimal, peak: Decimal) -> int:
+    """`{{ cost | bar_percent(peak) }}`: an HTML bar's width in percent (0 for nothing)."""
+    return fmt.bar_length(value, peak, 100)
+
+
 def _peak(series: list[Group]) -> Decimal:
     return max((g.figures.cost for g in series), default=Decimal(0))
 
@@ -163,6 +176,7 @@ FILTERS: dict[str, Callable[..., Any]] = {
     "percent": fmt.percent,
     "number": fmt.number,
     "bar": _bar,
+    "bar_percent": _bar_percent,
     "peak": _peak,
     "trend": fmt.trend,
     "mrkdwn": _mrkdwn,
@@ -313,7 +327,11 @@ def _template_error(name: str, exc: Exception) -> ConfigError:
 class Renderer:
     """Renders digests, reports and alerts from Jinja templates into message values."""
 
-    def __init__(self, templates_dir: Path | None = None) -> None:
+    def __init__(
+        self, templates_dir: Path | None = None, *, png_charts: bool | None = None
+    ) -> None:
+        """`png_charts`: draw PNG charts (None: when matplotlib is installed)."""
+        self._png_charts = png_charts
         loaders: list[jinja2.BaseLoader] = []
         if templates_dir is not None:
             if not templates_dir.is_dir():
@@ -385,34 +403,60 @@ class Renderer:
 
     # digests and reports
 
-    def daily_slack(self, d: DailyDigest, *, charts: bool = False) -> SlackMessage:
-        msg = self.slack("daily", d=d)
-        if charts:
-            msg.chart_title = f"OpenRouter daily spend, 14 days to {fmt.day(d.day)} (UTC)"
-            msg.chart_png = chart_png(d.chart, title=msg.chart_title, highlight_from=d.day)
+    @property
+    def png_charts(self) -> bool:
+        """Whether charts are drawn as PNG (matplotlib, checked on first use)."""
+        if self._png_charts is None:
+            self._png_charts = png_available()
+        return self._png_charts
+
+    def _png(self, series: list[Group], title: str, highlight_from: dt.date) -> bytes | None:
+        return chart_png(series, title=title, highlight_from=highlight_from) \
+            if self.png_charts else None
+
+    def _slack_chart(
+        self, msg: SlackMessage, series: list[Group], title: str, highlight_from: dt.date
+    ) -> SlackMessage:
+        if not self.png_charts:
+            log.warning("slack.charts is on but matplotlib is not installed "
+                        "(pip install 'openrouter-usage[charts]'); the message keeps its "
+                        "text chart")
+            return msg
+        msg.chart_title = title
+        msg.chart_png = chart_png(series, title=title, highlight_from=highlight_from)
         return msg
+
+    def daily_slack(self, d: DailyDigest, *, charts: bool = False) -> SlackMessage:
+        """The digest's blocks; with `charts`, also a PNG for its thread (needs matplotlib)."""
+        msg = self.slack("daily", d=d)
+        if not charts:
+            return msg
+        title = f"OpenRouter daily spend, 14 days to {fmt.day(d.day)} (UTC)"
+        return self._slack_chart(msg, d.chart, title, d.day)
 
     def weekly_slack(self, w: WeeklyReport, *, charts: bool = False) -> SlackMessage:
         msg = self.slack("weekly", w=w)
-        if charts:
-            msg.chart_title = f"OpenRouter daily spend (UTC), week {w.start} to {w.end} highlighted"
-            msg.chart_png = chart_png(w.chart, title=msg.chart_title, highlight_from=w.start)
-        return msg
+        if not charts:
+            return msg
+        title = f"OpenRouter daily spend (UTC), week {w.start} to {w.end} highlighted"
+        return self._slack_chart(msg, w.chart, title, w.start)
 
     def daily_email(self, d: DailyDigest) -> MailMessage:
-        msg = self.email("daily", d=d)
-        msg.inline_images["chart"] = chart_png(
-            d.chart, title=f"Last 14 UTC days, {fmt.day(d.day)} highlighted", highlight_from=d.day
-        )
+        """The digest e-mail; its chart is a PNG by Content-ID, else HTML-table bars."""
+        png = self._png(d.chart, f"Last 14 UTC days, {fmt.day(d.day)} highlighted", d.day)
+        msg = self.email("daily", d=d, chart_image=png is not None)
+        if png is not None:
+            msg.inline_images["chart"] = png
         return msg
 
     def weekly_email(self, w: WeeklyReport) -> MailMessage:
-        msg = self.email("weekly", w=w)
-        msg.inline_images["chart"] = chart_png(
-            w.chart,
-            title=f"Last 14 UTC days, this week ({w.start} to {w.end}) highlighted",
-            highlight_from=w.start,
+        """The weekly e-mail with the week's CSV; the chart as in :meth:`daily_email`."""
+        png = self._png(
+            w.chart, f"Last 14 UTC days, this week ({w.start} to {w.end}) highlighted", w.start
         )
+        msg = self.email("weekly", w=w, chart_image=png is not None)
+        if png is not None:
+            msg.inline_images["chart"] = png
         msg.attachments.append(
             (f"openrouter-usage-{w.start}-to-{w.end}.csv", "text/csv", _csv_bytes(w))
         )
