@@ -152,9 +152,9 @@ def test_slack_charts_without_matplotlib_keep_the_text_chart(
 def test_demo_without_matplotlib_writes_the_weekly_email_with_a_chart(
     no_matplotlib: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from bot.jobs.demo import run_demo
+    from bot.cli import main
 
-    assert run_demo(out_dir=str(tmp_path), now=AS_OF) == 0
+    assert main(["demo", "--out", str(tmp_path)], now=lambda: AS_OF) == 0
     capsys.readouterr()
     html = (tmp_path / "weekly-email.html").read_text()
     assert len(bars(html)) == 14 and "data:image/png" not in html
