@@ -6,13 +6,14 @@ import argparse
 import datetime as dt
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bot import __version__
 from bot.errors import BotError, ConfigError
+from bot.models import Outcome, Status
 
 if TYPE_CHECKING:
     from bot.app import App
@@ -265,6 +266,16 @@ def print_preview(preview: Preview, out_dir: Path = Path("out")) -> None:
     out.write(f"HTML body written to {html_path}\n\n{msg.text.rstrip()}\n")
 
 
+def exit_code(ok: bool, outcomes: Iterable[Outcome]) -> int:
+    """0 when all went well; 2 when a delivery was stopped by the configuration (said in one
+    line on stderr; it stays pending until that is fixed); 1 for any other failure."""
+    stopped = [o for o in outcomes if o.status is Status.CONFIG_ERROR]
+    if stopped:
+        print(f"openrouter-usage: error: {REDACTOR.redact(stopped[0].detail)}", file=sys.stderr)
+        return 2
+    return 0 if ok else 1
+
+
 def cmd_send(args: argparse.Namespace, hooks: Hooks) -> int:
     from bot.config import parse_destination
     from bot.jobs.report import parse_day
@@ -282,7 +293,7 @@ def cmd_send(args: argparse.Namespace, hooks: Hooks) -> int:
         print_preview(preview)
     for o in result.outcomes:
         print(f"{result.job} {o.period or result.period}: {o.line()}")
-    return 0 if result.ok else 1
+    return exit_code(result.ok, result.outcomes)
 
 
 def cmd_alerts(args: argparse.Namespace, hooks: Hooks) -> int:
@@ -301,7 +312,8 @@ def cmd_alerts(args: argparse.Namespace, hooks: Hooks) -> int:
         words = renderer.alert_words(event.obs)
         print(f"{event.action.upper():8} {event.obs.rule.id} {words.subject}: "
               f"{words.value} (threshold {words.threshold}) -> {sent}")
-    return 0 if result.ok else 1
+    outcomes = [o for _, outs in result.events for o in outs]
+    return exit_code(result.ok, outcomes + result.retried)
 
 
 def cmd_run(args: argparse.Namespace, hooks: Hooks) -> int:

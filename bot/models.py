@@ -230,11 +230,14 @@ class Status(StrEnum):
     SKIPPED = "skipped"
     FAILED = "failed"  # kept pending; retried on the next run
     GIVEN_UP = "given_up"  # undelivered past the maximum age; only --force sends it
+    # not attempted: the configuration does not allow it (say, an unreadable CA file); kept
+    # pending for when it is fixed, and the command exits as for any configuration error
+    CONFIG_ERROR = "config_error"
 
     @property
     def ok(self) -> bool:
         """Whether the command succeeded as far as this destination goes."""
-        return self not in (Status.FAILED, Status.GIVEN_UP)
+        return self not in (Status.FAILED, Status.GIVEN_UP, Status.CONFIG_ERROR)
 
     @property
     def label(self) -> str:

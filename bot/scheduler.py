@@ -216,8 +216,9 @@ class Daemon:
 
         built = build(self.app, job.name, aggregate.latest_complete_day(slot))
         outcomes = deliver(self.app, built, list(job.report.to))
-        # "given up" is final (logged by the outbox); only a failure is worth a retry
-        failed = [o for o in outcomes if o.status is Status.FAILED]
+        # "given up" is final (logged by the outbox); a failure or a configuration error (which
+        # may be fixed while the daemon runs) is worth a retry
+        failed = [o for o in outcomes if o.status in (Status.FAILED, Status.CONFIG_ERROR)]
         summary = f"{built.period}: " + ", ".join(o.line() for o in outcomes)
         if failed:
             raise RuntimeError(summary)

@@ -152,14 +152,20 @@ def test_slack_outage_keeps_the_digest_and_delivers_it_later_once(world, capsys)
     assert len(slack.posts) == 1 and "already sent" in out
 
 
-def test_config_error_at_send_time_exits_2_with_one_line(world, capsys) -> None:
+def test_config_error_at_send_time_exits_2_and_delivers_once_fixed(world, capsys) -> None:
     config = world["config"]
-    config.write_text(config.read_text().replace(
+    good = config.read_text()
+    config.write_text(good.replace(
         f"ca_file: {world['smtp'].ca_file}", f"ca_file: {world['tmp'] / 'missing-ca.pem'}"))
-    code, out, err = cli(capsys, "send", "daily", "--to", "email:lead@example.com")
-    assert code == 2
+    code, out, err = cli(capsys, "send", "daily")
+    assert code == 2  # a configuration error, not a delivery failure
     assert err.count("\n") == 1 and "email.ca_file: cannot load" in err
-    assert world["smtp"].messages == []
+    assert "email:lead@example.com: config error" in out and "slack:#ops: sent" in out
+    assert world["smtp"].messages == [] and len(world["slack"].posts) == 1
+    config.write_text(good)  # fixed: the pending e-mail goes out, the Slack post is not repeated
+    code, out, _ = cli(capsys, "send", "daily")
+    assert code == 0 and "email:lead@example.com: sent" in out
+    assert len(world["smtp"].messages) == 1 and len(world["slack"].posts) == 1
 
 
 def test_dry_run_prints_and_sends_nothing(world, capsys) -> None:

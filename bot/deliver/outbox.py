@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from bot.errors import BotError, ConfigError
+from bot.errors import BotError, ConfigError, DataError
 from bot.models import (
     DeliveryState,
     Destination,
@@ -215,13 +215,13 @@ class Outbox:
         """Send one recorded delivery, marking it sending -> sent, or back to pending.
 
         A ConfigError (a transport that is not configured, an unreadable CA file) is not a
-        delivery failure to retry for a day: the delivery stays pending and the error is
-        raised for the user to fix.
+        delivery failure: the delivery stays pending for when the configuration is fixed and
+        the outcome says ``config_error``, which the shells report as a configuration error.
         """
         try:
             destination = Destination.parse(delivery.destination)
         except ValueError as exc:
-            raise ConfigError(f"outbox delivery {delivery.id}: {exc}") from None
+            raise DataError(f"outbox delivery {delivery.id}: {exc}") from None
 
         def done(status: Status, detail: str = "", ref: str = "") -> Outcome:
             return Outcome(destination=destination, status=status, detail=detail, ref=ref,
@@ -245,7 +245,7 @@ class Outbox:
             ref = self.transports.send(destination, msg, options, now, msg_id)
         except ConfigError as exc:
             self.store.outbox_failed(delivery.id, now, str(exc))
-            raise
+            return done(Status.CONFIG_ERROR, str(exc))
         except BotError as exc:
             self.store.outbox_failed(delivery.id, now, str(exc))
             log.warning("delivery of %s %s to %s failed (will retry): %s", delivery.job,
