@@ -487,6 +487,8 @@ def parse_config(
     root.finish()
     if strict:
         _check_destinations(cfg)
+        if cfg.templates_dir is not None and not cfg.templates_dir.is_dir():
+            raise ConfigError(f"templates_dir: {cfg.templates_dir} is not a folder")
     return cfg
 
 

@@ -22,7 +22,7 @@ MARGIN = D("0.05")
 
 def inputs(remaining: str = "100", total: str = "1000", rows=None, keys=None) -> Inputs:
     credits = Credits(D(total), D(total) - D(remaining))
-    return Inputs(as_of=T0, day=DAY, credits=credits, keys=keys or [], rows=rows or [])
+    return Inputs(day=DAY, credits=credits, keys=keys or [], rows=rows or [])
 
 
 LOW = AlertRule(kind="low_credits", index=0, below_usd=D(50))
@@ -107,7 +107,7 @@ def test_low_credits_with_both_thresholds_fires_on_either_and_clears_on_both() -
 
 
 def test_low_credits_needs_credits() -> None:
-    data = Inputs(as_of=T0, day=DAY, credits=None, keys=[], rows=[])
+    data = Inputs(day=DAY, credits=None, keys=[], rows=[])
     assert evaluate(LOW, data, MARGIN) == []
 
 

@@ -525,7 +525,7 @@ def test_missing_templates_dir_is_a_config_error(tmp_path: Path) -> None:
 def alert_obs(rule: Any, remaining: str = "40", rows: Any = (), keys: Any = ()) -> Any:
     from bot.compute.alert_rules import Inputs, evaluate
 
-    data = Inputs(as_of=AS_OF, day=DAY, credits=Credits(Decimal(1000), 1000 - Decimal(remaining)),
+    data = Inputs(day=DAY, credits=Credits(Decimal(1000), 1000 - Decimal(remaining)),
                   keys=list(keys), rows=list(rows))
     [obs] = evaluate(rule, data, Decimal("0.05"))
     return obs

@@ -52,9 +52,8 @@ class Observation:
 
 @dataclass(frozen=True)
 class Inputs:
-    """What the rules look at, all fetched at `as_of`."""
+    """What the rules look at, fetched together."""
 
-    as_of: dt.datetime
     day: dt.date  # the latest completed UTC day
     credits: Credits | None
     keys: list[ApiKey]

@@ -103,7 +103,7 @@ def gather_inputs(app: App, now: dt.datetime, *, save: bool = True) -> Inputs:
         app.store().save_snapshot(snap)
     day = aggregate.latest_complete_day(now)
     rows = aggregate.in_range(snap.activity, day - DAY * 7, day)
-    return Inputs(as_of=now, day=day, credits=snap.credits, keys=snap.keys, rows=rows)
+    return Inputs(day=day, credits=snap.credits, keys=snap.keys, rows=rows)
 
 
 def destinations(app: App, rule: AlertRule) -> list[Destination]:
