@@ -49,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     fmt.add_argument("--csv", action="store_true", help="one CSV line per activity row")
     rep.add_argument("--no-credits", action="store_true", help="skip the credits balance")
     rep.add_argument("--by-key", action="store_true", help="also break spend down by API key")
+    rep.add_argument("--by-workspace", action="store_true",
+                     help="also break spend down by workspace (with --csv: one line each)")
 
     send = add("send", "build and deliver the daily digest or weekly report")
     send.add_argument("job", choices=["daily", "weekly"])
@@ -162,7 +164,7 @@ def progress_bar(label: str, quiet: bool) -> Callable[[int, int], None] | None:
 
 def cmd_report(args: argparse.Namespace, hooks: Hooks) -> int:
     from bot.jobs.report import gather_report, resolve_period
-    from bot.render.text import format_text, missing_note, to_json, write_csv
+    from bot.render.text import format_text, missing_note, to_json, write_csv, write_groups_csv
 
     if args.end and not args.start:
         raise ConfigError("--to needs --from")
@@ -177,10 +179,13 @@ def cmd_report(args: argparse.Namespace, hooks: Hooks) -> int:
             now=now,
             with_credits=not args.no_credits,
             with_keys=args.by_key,
+            by_workspace=args.by_workspace,
             progress=progress_bar("Fetching per-key activity", args.quiet),
         )
     if args.json:
         sys.stdout.write(to_json(report) + "\n")
+    elif args.csv and report.by_workspace is not None:
+        write_groups_csv(report.by_workspace, "workspace", sys.stdout)
     elif args.csv:
         write_csv(report.rows, sys.stdout)
     else:

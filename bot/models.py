@@ -1,5 +1,5 @@
-"""Plain dataclasses and enums shared by every layer: activity rows, keys, credits,
-snapshots, rendered messages, alert state, destinations and delivery outcomes.
+"""Plain dataclasses and enums shared by every layer: activity rows, keys, workspaces,
+credits, snapshots, rendered messages, alert state, destinations and delivery outcomes.
 
 Money is ``Decimal`` throughout (parsed from the API's JSON text), so sums are exact and
 rounding happens only when a figure is displayed.
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from enum import StrEnum
@@ -84,11 +85,67 @@ class ApiKey:
     byok_usage_monthly: Decimal = ZERO
     created_at: str | None = None
     expires_at: str | None = None
+    workspace_id: str = ""  # "" when unknown (a server without workspaces, a deleted key)
 
     @property
     def display_name(self) -> str:
         """A human name for the key: its name, else its label, else the start of its hash."""
         return self.name or self.label or self.hash[:12]
+
+
+@dataclass(frozen=True, slots=True)
+class Workspace:
+    """One workspace from ``/workspaces``; every key lives in exactly one."""
+
+    id: str
+    name: str
+    slug: str = ""
+
+    @property
+    def display_name(self) -> str:
+        return self.name or self.slug or self.id[:8]
+
+
+# Spend the analytics API attributes to a key name that no known key has (a deleted key) is
+# kept under this identity, so it is neither dropped nor merged into a live key.
+PLACEHOLDER_PREFIX = "unknown-key:"
+
+
+def placeholder_hash(label: str) -> str:
+    """The stable identity of spend labelled `label` that matches no known key."""
+    return PLACEHOLDER_PREFIX + label
+
+
+def placeholder_name(key_hash: str) -> str | None:
+    """What people read for a placeholder identity; None for a real key hash."""
+    if not key_hash.startswith(PLACEHOLDER_PREFIX):
+        return None
+    label = key_hash[len(PLACEHOLDER_PREFIX):]
+    return f"{label} (deleted key)" if label else "(no key)"
+
+
+def key_labels(keys: Iterable[ApiKey], workspace_names: Mapping[str, str]) -> dict[str, str]:
+    """Key hash -> a name that tells keys apart: keys sharing a name get their workspace's
+    name beside it (``staging (Contractors)``), and the start of their hash when even that
+    is shared. The hash is the identity; this is only what people read."""
+    keys = list({k.hash: k for k in keys}.values())
+    by_name: dict[str, list[ApiKey]] = {}
+    for k in keys:
+        by_name.setdefault(k.display_name, []).append(k)
+    labels: dict[str, str] = {}
+    for name, group in by_name.items():
+        if len(group) == 1:
+            labels[group[0].hash] = name
+            continue
+        places = [workspace_names.get(k.workspace_id, "") for k in group]
+        for k, place in zip(group, places, strict=True):
+            if place and places.count(place) == 1:
+                labels[k.hash] = f"{name} ({place})"
+            elif place:
+                labels[k.hash] = f"{name} ({place}, {k.hash[:8]})"
+            else:
+                labels[k.hash] = f"{name} ({k.hash[:8]})"
+    return labels
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +170,9 @@ class Snapshot:
     keys: list[ApiKey] = field(default_factory=list)
     # key hash -> that key's activity rows (only when fetched per key)
     key_activity: dict[str, list[ActivityRow]] = field(default_factory=dict)
+    workspaces: list[Workspace] = field(default_factory=list)
+    # (workspace id, row) pairs from /activity?group_by=workspace, when asked for
+    workspace_activity: list[tuple[str, ActivityRow]] = field(default_factory=list)
 
 
 @dataclass(slots=True)

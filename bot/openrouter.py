@@ -1,89 +1,180 @@
-"""The only module that talks to OpenRouter: read-only GETs, retries, pagination, parsing."""
+"""The only module that talks to OpenRouter: read-only requests, retries, pagination, parsing.
+
+Bodies are decoded by msgspec straight into typed structs (money as exact ``Decimal`` from the
+JSON text, counts as ints even when sent as strings), then into the models. The client checks
+once per run that its key is a management key (``GET /key``) before it asks for any figure.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import logging
+import queue
 import random
+import re
 import threading
 import time
-from collections.abc import Callable, Mapping
-from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, as_completed, wait
-from decimal import Decimal, InvalidOperation
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from decimal import Decimal
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
+import msgspec
 
 from bot import __version__
 from bot.config import DEFAULT_BASE_URL
 from bot.errors import ApiError, AuthError, ConfigError, NotManagementKey
-from bot.models import ZERO, ActivityRow, ApiKey, Credits, Snapshot
+from bot.models import ZERO, ActivityRow, ApiKey, Credits, Snapshot, Workspace, placeholder_hash
 from bot.text import one_line, redact
 
 MANAGEMENT_KEYS_URL = "https://openrouter.ai/settings/management-keys"
 USER_AGENT = f"openrouter-usage/{__version__}"
 
-# /keys pages before we decide the server is looping
+# /keys and /workspaces pages before we decide the server is looping
 MAX_KEY_PAGES = 10_000
+WORKSPACE_PAGE = 100  # the largest page /workspaces serves
 # exponential backoff: first retry after ~BACKOFF_BASE seconds, never more than BACKOFF_CAP
 BACKOFF_BASE = 1.0
 BACKOFF_CAP = 30.0
 MAX_MESSAGE = 200
 
+# The analytics API: 64 queries a minute, 365 days back, `provider` only in windows of 31 days.
+ANALYTICS_PER_MINUTE = 64
+ANALYTICS_MAX_DAYS = 365
+PROVIDER_WINDOW_DAYS = 31
+ANALYTICS_LIMIT = 10_000  # the documented maximum; the server may raise it for time series
+ANALYTICS_TARGET_ROWS = 40_000  # rows we aim for in one answer (memory per answer stays small)
+ANALYTICS_FIRST_DAYS = 2  # the first window, which measures how many rows a day has
+ANALYTICS_MAX_WINDOW = 92
+ANALYTICS_METRICS = (
+    "total_usage", "credits_usage", "byok_usage", "request_count", "tokens_prompt",
+    "tokens_completion", "reasoning_tokens",
+)
+
+DAY = dt.timedelta(days=1)
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
-# -- parsing -----------------------------------------------------------------------------------
+# -- wire structs (what the API sends; unknown fields are ignored) -------------------------------
 
 
-def _money(value: Any, name: str) -> Decimal:
-    """A money figure as an exact Decimal; null is 0. Accepts numbers and numeric strings."""
+class _Envelope(msgspec.Struct):
+    data: msgspec.Raw = msgspec.Raw(b"")  # empty when the body has no `data`
+    error: Any = None
+    total_count: int | None = None
+
+
+class _RawRow(msgspec.Struct):
+    date: Any = None
+    model: str | None = None
+    model_permaslug: str | None = None
+    endpoint_id: str | None = None
+    provider_name: str | None = None
+    usage: Decimal | None = None
+    byok_usage_inference: Decimal | None = None
+    requests: int | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    reasoning_tokens: int | None = None
+    workspace_id: str | None = None
+
+
+class _RawKey(msgspec.Struct):
+    hash: Any = None
+    name: str | None = None
+    label: str | None = None
+    disabled: Any = None
+    limit: Decimal | None = None
+    limit_remaining: Decimal | None = None
+    limit_reset: str | None = None
+    usage: Decimal | None = None
+    usage_daily: Decimal | None = None
+    usage_weekly: Decimal | None = None
+    usage_monthly: Decimal | None = None
+    byok_usage: Decimal | None = None
+    byok_usage_daily: Decimal | None = None
+    byok_usage_weekly: Decimal | None = None
+    byok_usage_monthly: Decimal | None = None
+    created_at: str | None = None
+    expires_at: str | None = None
+    workspace_id: str | None = None
+
+
+class _RawCredits(msgspec.Struct):
+    total_credits: Decimal | None = None
+    total_usage: Decimal | None = None
+
+
+class _RawWorkspace(msgspec.Struct):
+    id: Any = None
+    name: str | None = None
+    slug: str | None = None
+
+
+class _RawCurrentKey(msgspec.Struct):
+    is_management_key: bool | None = None
+    is_provisioning_key: bool | None = None
+
+
+class _RawAnalyticsRow(msgspec.Struct):
+    date__day: Any = None
+    created_at__day: Any = None
+    api_key_id: str | None = None
+    model: str | None = None
+    provider: str | None = None
+    total_usage: Decimal | None = None
+    credits_usage: Decimal | None = None
+    byok_usage: Decimal | None = None
+    request_count: int | None = None
+    tokens_prompt: int | None = None
+    tokens_completion: int | None = None
+    reasoning_tokens: int | None = None
+
+
+class _RawAnalyticsMeta(msgspec.Struct):
+    truncated: bool = False
+    row_count: int | None = None
+
+
+class _RawAnalytics(msgspec.Struct):
+    data: list[_RawAnalyticsRow] = []
+    metadata: _RawAnalyticsMeta = msgspec.field(default_factory=_RawAnalyticsMeta)
+    warnings: list[str] = []
+
+
+@functools.cache
+def _decoder(kind: Any) -> msgspec.json.Decoder[Any]:
+    return msgspec.json.Decoder(kind, strict=False)
+
+
+# -- parsing -------------------------------------------------------------------------------------
+
+
+def _short(text: str, limit: int = MAX_MESSAGE) -> str:
+    """`text` on one line, cut to this module's length for quoted API text."""
+    return one_line(text, limit)
+
+
+def _finite(value: Decimal | None, name: str) -> Decimal:
     if value is None:
         return ZERO
-    if isinstance(value, bool):
-        raise ApiError(f"{name} is not a number: {value!r}")
-    if isinstance(value, Decimal):
-        result = value
-    elif isinstance(value, int):
-        result = Decimal(value)
-    elif isinstance(value, float):
-        result = Decimal(repr(value))  # the shortest text that round-trips, not the binary value
-    elif isinstance(value, str):
-        try:
-            result = Decimal(value.strip())
-        except InvalidOperation:
-            raise ApiError(f"{name} is not a number: {_short(repr(value))}") from None
-    else:
-        raise ApiError(f"{name} is not a number: {_short(repr(value))}")
-    if not result.is_finite():
-        raise ApiError(f"{name} is not a finite number: {value!r}")
-    return result
+    if not value.is_finite():
+        raise ApiError(f"{name} is not a finite number: {value}")
+    return value
 
 
-def _optional_money(value: Any, name: str) -> Decimal | None:
-    return None if value is None else _money(value, name)
+def _optional_finite(value: Decimal | None, name: str) -> Decimal | None:
+    return None if value is None else _finite(value, name)
 
 
-def _count(value: Any, name: str) -> int:
-    """A count (requests, tokens) as an int; null is 0; integral floats are accepted."""
-    number = _money(value, name)
-    if number != number.to_integral_value():
-        raise ApiError(f"{name} is not a whole number: {value!r}")
-    return int(number)
-
-
-def _text(value: Any, default: str = "") -> str:
-    if value is None:
-        return default
-    return value if isinstance(value, str) else str(value)
-
-
-def _optional_text(value: Any) -> str | None:
-    return None if value is None else _text(value)
-
-
+@functools.lru_cache(maxsize=4096)
 def _parse_date(value: Any) -> dt.date:
     """A UTC day from `YYYY-MM-DD`, `YYYY-MM-DD HH:MM:SS`, or any ISO form (T, fraction, Z)."""
     if not isinstance(value, str) or len(value.strip()) < 10:
@@ -98,7 +189,7 @@ def _parse_date(value: Any) -> dt.date:
     if text[10] not in " T":
         raise ApiError(f"date is not a date: {_short(repr(value))}")
     try:
-        stamp = dt.datetime.fromisoformat(text)
+        stamp = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         return day  # an odd time part; the day is what we need
     if stamp.tzinfo is not None:
@@ -106,89 +197,175 @@ def _parse_date(value: Any) -> dt.date:
     return stamp.date()
 
 
-def parse_credits(data: dict[str, Any]) -> Credits:
+def _day(value: Any) -> dt.date:
+    try:
+        return _parse_date(value)
+    except TypeError:  # unhashable: a list or an object
+        raise ApiError(f"date is not a date: {_short(repr(value))}") from None
+
+
+def _convert(raw: Any, kind: type[T], what: str) -> T:
+    """A decoded JSON object (a dict) as the struct `kind`; a readable ApiError if it is not."""
+    if not isinstance(raw, dict):
+        raise ApiError(f"{what} is not an object: {_short(repr(raw))}")
+    try:
+        return msgspec.convert(raw, kind, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ApiError(_field_error(str(exc))) from None
+
+
+def _field_error(message: str) -> str:
+    """msgspec's "Expected `int`, got `float` - at `$.requests`" as "requests: expected int,
+    got float", and any unreadable decimal as "usage is not a number"."""
+    found = re.search(r" - at `\$(?:\[\d+\])?\.?([^`]*)`$", message)
+    if not found:
+        return _short(message.replace("`", ""))
+    where = found.group(1) or "value"
+    what = message[: found.start()].replace("`", "")
+    if "decimal" in what:
+        return _short(f"{where} is not a number ({what[:1].lower()}{what[1:]})")
+    return _short(f"{where}: {what[:1].lower()}{what[1:]}")
+
+
+def parse_credits(data: Any) -> Credits:
     """`/credits`'s `data` object as Credits."""
-    if not isinstance(data, dict):
-        raise ApiError(f"credits is not an object: {type(data).__name__}")
+    raw = _convert(data, _RawCredits, "credits")
+    return _credits(raw)
+
+
+def _credits(raw: _RawCredits) -> Credits:
     return Credits(
-        total_credits=_money(data.get("total_credits"), "total_credits"),
-        total_usage=_money(data.get("total_usage"), "total_usage"),
+        total_credits=_finite(raw.total_credits, "total_credits"),
+        total_usage=_finite(raw.total_usage, "total_usage"),
     )
 
 
-def parse_activity_row(raw: dict[str, Any], key_hash: str = "") -> ActivityRow:
+def parse_activity_row(raw: Any, key_hash: str = "") -> ActivityRow:
     """One `/activity` row; raises ApiError when it is not an object or a field is unreadable."""
-    if not isinstance(raw, dict):
-        raise ApiError(f"activity row is not an object: {_short(repr(raw))}")
-    model = _text(raw.get("model")) or "unknown"
-    permaslug = _text(raw.get("model_permaslug")) or model
-    provider = _text(raw.get("provider_name")) or "unknown"
+    return _row(_convert(raw, _RawRow, "activity row"), key_hash)
+
+
+def _row(r: _RawRow, key_hash: str) -> ActivityRow:
+    model = r.model or "unknown"
+    permaslug = r.model_permaslug or model
+    provider = r.provider_name or "unknown"
     return ActivityRow(
-        date=_parse_date(raw.get("date")),
+        date=_day(r.date),
         model=model,
         model_permaslug=permaslug,
-        # the history store keys rows by (date, endpoint): never leave two endpoints both ""
-        endpoint_id=_text(raw.get("endpoint_id")) or f"{permaslug}@{provider}",
+        # history keys rows by (date, endpoint): never leave two endpoints both ""
+        endpoint_id=r.endpoint_id or f"{permaslug}@{provider}",
         provider=provider,
-        usage=_money(raw.get("usage"), "usage"),
-        byok_usage=_money(raw.get("byok_usage_inference"), "byok_usage_inference"),
-        requests=_count(raw.get("requests"), "requests"),
-        prompt_tokens=_count(raw.get("prompt_tokens"), "prompt_tokens"),
-        completion_tokens=_count(raw.get("completion_tokens"), "completion_tokens"),
-        reasoning_tokens=_count(raw.get("reasoning_tokens"), "reasoning_tokens"),
+        usage=_finite(r.usage, "usage"),
+        byok_usage=_finite(r.byok_usage_inference, "byok_usage_inference"),
+        requests=r.requests or 0,
+        prompt_tokens=r.prompt_tokens or 0,
+        completion_tokens=r.completion_tokens or 0,
+        reasoning_tokens=r.reasoning_tokens or 0,
         key_hash=key_hash,
     )
 
 
-def parse_key(raw: dict[str, Any]) -> ApiKey:
+def parse_key(raw: Any) -> ApiKey:
     """One `/keys` item; null money is 0 except `limit`/`limit_remaining` (null = no limit)."""
-    if not isinstance(raw, dict):
-        raise ApiError(f"key is not an object: {_short(repr(raw))}")
-    key_hash = raw.get("hash")
-    if not isinstance(key_hash, str) or not key_hash:
+    return _key(_convert(raw, _RawKey, "key"))
+
+
+def _key(r: _RawKey, workspace_id: str = "") -> ApiKey:
+    if not isinstance(r.hash, str) or not r.hash:
         raise ApiError("key has no hash")
     return ApiKey(
-        hash=key_hash,
-        name=_text(raw.get("name")),
-        label=_text(raw.get("label")),
-        disabled=bool(raw.get("disabled")),
-        limit=_optional_money(raw.get("limit"), "limit"),
-        limit_remaining=_optional_money(raw.get("limit_remaining"), "limit_remaining"),
-        limit_reset=_optional_text(raw.get("limit_reset")),
-        usage=_money(raw.get("usage"), "usage"),
-        usage_daily=_money(raw.get("usage_daily"), "usage_daily"),
-        usage_weekly=_money(raw.get("usage_weekly"), "usage_weekly"),
-        usage_monthly=_money(raw.get("usage_monthly"), "usage_monthly"),
-        byok_usage=_money(raw.get("byok_usage"), "byok_usage"),
-        byok_usage_daily=_money(raw.get("byok_usage_daily"), "byok_usage_daily"),
-        byok_usage_weekly=_money(raw.get("byok_usage_weekly"), "byok_usage_weekly"),
-        byok_usage_monthly=_money(raw.get("byok_usage_monthly"), "byok_usage_monthly"),
-        created_at=_optional_text(raw.get("created_at")),
-        expires_at=_optional_text(raw.get("expires_at")),
+        hash=r.hash,
+        name=r.name or "",
+        label=r.label or "",
+        disabled=bool(r.disabled),
+        limit=_optional_finite(r.limit, "limit"),
+        limit_remaining=_optional_finite(r.limit_remaining, "limit_remaining"),
+        limit_reset=r.limit_reset,
+        usage=_finite(r.usage, "usage"),
+        usage_daily=_finite(r.usage_daily, "usage_daily"),
+        usage_weekly=_finite(r.usage_weekly, "usage_weekly"),
+        usage_monthly=_finite(r.usage_monthly, "usage_monthly"),
+        byok_usage=_finite(r.byok_usage, "byok_usage"),
+        byok_usage_daily=_finite(r.byok_usage_daily, "byok_usage_daily"),
+        byok_usage_weekly=_finite(r.byok_usage_weekly, "byok_usage_weekly"),
+        byok_usage_monthly=_finite(r.byok_usage_monthly, "byok_usage_monthly"),
+        created_at=r.created_at,
+        expires_at=r.expires_at,
+        workspace_id=r.workspace_id or workspace_id,
     )
 
 
-def _short(text: str, limit: int = MAX_MESSAGE) -> str:
-    """`text` on one line, cut to this module's length for quoted API text."""
-    return one_line(text, limit)
+def _workspace(r: _RawWorkspace) -> Workspace:
+    if not isinstance(r.id, str) or not r.id:
+        raise ApiError("workspace has no id")
+    return Workspace(id=r.id, name=r.name or "", slug=r.slug or "")
 
 
-def _loads(content: bytes) -> Any:
-    return json.loads(content, parse_float=Decimal)
+def _rows_of(raws: list[_RawRow], key_hash: str) -> list[ActivityRow]:
+    return [_row(r, key_hash) for r in raws]
 
 
-def _api_message(resp: httpx.Response) -> str:
-    """The API's `{"error": {"message"}}` text, one line, or "" (never an HTML page)."""
-    try:
-        body = _loads(resp.content)
-    except ValueError:
-        return ""
-    error = body.get("error") if isinstance(body, dict) else None
-    message = error.get("message") if isinstance(error, dict) else error
-    return _short(message) if isinstance(message, str) else ""
+def _workspace_rows_of(raws: list[_RawRow]) -> list[tuple[str, ActivityRow]]:
+    return [(r.workspace_id or "", _row(r, "")) for r in raws]
 
 
-# -- the client --------------------------------------------------------------------------------
+def _keys_of(raws: list[_RawKey], workspace_id: str) -> list[ApiKey]:
+    return [_key(r, workspace_id) for r in raws]
+
+
+def _workspaces_of(raws: list[_RawWorkspace]) -> list[Workspace]:
+    return [_workspace(r) for r in raws]
+
+
+def _analytics_row(r: _RawAnalyticsRow, key_hash: str) -> ActivityRow:
+    """One analytics row as an ActivityRow: `model` is the permaslug (the API's model id),
+    `provider` and `endpoint_id` are "" unless the query grouped by provider."""
+    bucket = r.date__day if r.date__day is not None else r.created_at__day
+    byok = _finite(r.byok_usage, "byok_usage")
+    if r.credits_usage is not None:
+        usage = _finite(r.credits_usage, "credits_usage")
+    else:  # total_usage = credits + BYOK inference
+        usage = _finite(r.total_usage, "total_usage") - byok
+    model = r.model or "unknown"
+    provider = r.provider or ""
+    return ActivityRow(
+        date=_day(bucket),
+        model=model,
+        model_permaslug=model,
+        endpoint_id="",
+        provider=provider,
+        usage=usage,
+        byok_usage=byok,
+        requests=r.request_count or 0,
+        prompt_tokens=r.tokens_prompt or 0,
+        completion_tokens=r.tokens_completion or 0,
+        reasoning_tokens=r.reasoning_tokens or 0,
+        key_hash=key_hash,
+    )
+
+
+# -- results -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Inventory:
+    """Every workspace and every key in them (disabled keys included)."""
+
+    workspaces: list[Workspace] = field(default_factory=list)
+    keys: list[ApiKey] = field(default_factory=list)
+    has_workspaces: bool = True  # False: the server has no /workspaces (plain /keys was used)
+
+
+class AnalyticsUnavailable(Exception):
+    """The analytics API answered 403 or 404: history comes from /activity alone."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+# -- the client ----------------------------------------------------------------------------------
 
 
 class _Retry(Exception):
@@ -212,8 +389,36 @@ def _retry_after(resp: httpx.Response) -> float | None:
     return seconds if seconds >= 0 else None
 
 
+class _RateLimit:
+    """At most `per_minute` calls in any 60 seconds of `clock`, waiting with `sleep`."""
+
+    def __init__(
+        self, per_minute: int, clock: Callable[[], float], sleep: Callable[[float], None]
+    ) -> None:
+        self.per_minute = per_minute
+        self._clock = clock
+        self._sleep = sleep
+        self._sent: deque[float] = deque()
+        self._lock = threading.Lock()
+
+    def wait(self) -> None:
+        with self._lock:
+            now = self._clock()
+            while self._sent and self._sent[0] <= now - 60:
+                self._sent.popleft()
+            if len(self._sent) >= self.per_minute:
+                pause = self._sent[0] + 60 - now
+                log.debug("analytics: %d queries in the last minute; waiting %.1fs",
+                          len(self._sent), pause)
+                self._sleep(pause)
+                now = max(self._clock(), self._sent[0] + 60)
+                self._sent.popleft()
+            self._sent.append(now)
+
+
 class OpenRouterClient:
-    """A read-only client of OpenRouter's management API (credits, activity, keys).
+    """A read-only client of OpenRouter's management API (credits, activity, workspaces, keys,
+    analytics).
 
     Thread-safe: `snapshot()` shares one `httpx.Client` between worker threads.
     """
@@ -229,6 +434,8 @@ class OpenRouterClient:
         max_attempts: int = 5,
         retry_budget: float = 60.0,
         sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        analytics_per_minute: int = ANALYTICS_PER_MINUTE,
     ) -> None:
         self._key = key
         self.base_url = base_url.rstrip("/")
@@ -239,6 +446,9 @@ class OpenRouterClient:
         self._sleep = sleep
         self._random = random.Random()
         self._random_lock = threading.Lock()
+        self._key_lock = threading.Lock()
+        self._key_checked = False
+        self._analytics_limit = _RateLimit(analytics_per_minute, clock, sleep)
         if not self.base_url.lower().startswith(("http://", "https://")):
             raise ConfigError(
                 "openrouter.base_url (or OPENROUTER_BASE_URL): expected an http(s) URL, got "
@@ -280,13 +490,47 @@ class OpenRouterClient:
     ) -> None:
         self.close()
 
-    # -- endpoints -----------------------------------------------------------------------------
+    # -- the key ---------------------------------------------------------------------------------
+
+    def check_key(self) -> None:
+        """Refuse a key that is not a management key, once per client, before any figure.
+
+        `GET /key` says what the key is (`is_management_key`; the deprecated
+        `is_provisioning_key` when that is absent). An inference key can get a 200 with all
+        zeros from /credits: that must never be read as an empty balance. A server without
+        `/key` (404), or an answer without either field, is let through.
+        """
+        with self._key_lock:
+            if self._key_checked:
+                return
+            try:
+                content = self._request("GET", "/key")
+            except ApiError as exc:
+                if exc.status != 404:
+                    raise
+                log.debug("OpenRouter has no /key (404); the key type is checked by each call")
+                self._key_checked = True
+                return
+            info = self._decode("/key", content, _RawCurrentKey, "an object")
+            management = info.is_management_key
+            if management is None:
+                management = info.is_provisioning_key
+            if management is False:
+                raise NotManagementKey(
+                    "the OpenRouter key is not a management key (it cannot read credits, "
+                    f"activity or keys); create one at {MANAGEMENT_KEYS_URL} and set "
+                    "OPENROUTER_MANAGEMENT_KEY",
+                    403,
+                )
+            if management is None:
+                log.debug("OpenRouter /key does not say whether this is a management key")
+            self._key_checked = True
+
+    # -- endpoints -------------------------------------------------------------------------------
 
     def credits(self) -> Credits:
-        data = self._get("/credits")
-        if not isinstance(data, dict):
-            raise self._malformed("/credits", f"data is {_kind(data)}, expected an object")
-        return self._parsed("/credits", parse_credits, data)
+        content = self._request("GET", "/credits")
+        return _credits(self._decode("/credits", content, _RawCredits, "an object"))
 
     def activity(
         self, date: dt.date | None = None, api_key_hash: str | None = None
@@ -297,32 +541,102 @@ class OpenRouterClient:
             params["date"] = date.isoformat()
         if api_key_hash is not None:
             params["api_key_hash"] = api_key_hash
-        data = self._get("/activity", params)
-        if not isinstance(data, list):
-            raise self._malformed("/activity", f"data is {_kind(data)}, expected a list")
+        raws = self._rows("/activity", params)
         key_hash = api_key_hash or ""
-        return [self._parsed("/activity", parse_activity_row, raw, key_hash) for raw in data]
+        return self._parsed("/activity", _rows_of, raws, key_hash)
 
-    def keys(self) -> list[ApiKey]:
-        """Every API key, disabled ones included, across all `/keys` pages."""
-        found: dict[str, ApiKey] = {}
+    def workspace_activity(self, date: dt.date | None = None) -> list[tuple[str, ActivityRow]]:
+        """Activity split per workspace (`group_by=workspace`): (workspace id, row) pairs."""
+        params = {"group_by": "workspace"}
+        if date is not None:
+            params["date"] = date.isoformat()
+        raws = self._rows("/activity", params)
+        return self._parsed("/activity", _workspace_rows_of, raws)
+
+    def _rows(self, path: str, params: Mapping[str, str]) -> list[_RawRow]:
+        content = self._request("GET", path, params=params)
+        return self._decode(path, content, list[_RawRow], "a list", slow=parse_activity_row)
+
+    def workspaces(self) -> list[Workspace] | None:
+        """Every workspace (pages of 100 until `total_count`); None when the server has no
+        `/workspaces` (404), where plain `/keys` lists every key."""
+        found: dict[str, Workspace] = {}
         offset = 0
         for _ in range(MAX_KEY_PAGES):
-            data = self._get("/keys", {"include_disabled": "true", "offset": str(offset)})
-            if not isinstance(data, list):
-                raise self._malformed("/keys", f"data is {_kind(data)}, expected a list")
-            if not data:
+            params = {"offset": str(offset), "limit": str(WORKSPACE_PAGE)}
+            try:
+                content = self._request("GET", "/workspaces", params=params)
+            except ApiError as exc:
+                if exc.status == 404 and offset == 0:
+                    log.debug("OpenRouter has no /workspaces (404): using the keys /keys lists")
+                    return None
+                raise
+            envelope = self._envelope("/workspaces", content)
+            raws = self._decode_data("/workspaces", envelope.data, list[_RawWorkspace], "a list")
+            page = self._parsed("/workspaces", _workspaces_of, raws)
+            if page and all(w.id in found for w in page):
+                raise ApiError(
+                    f"OpenRouter /workspaces returned only workspaces already seen at offset "
+                    f"{offset}; stopping instead of paginating forever"
+                )
+            for workspace in page:
+                found.setdefault(workspace.id, workspace)
+            total = envelope.total_count
+            if not page or (total is not None and len(found) >= total):
                 return list(found.values())
-            page = [self._parsed("/keys", parse_key, raw) for raw in data]
-            if all(k.hash in found for k in page):
+            offset += len(page)
+        raise ApiError(f"OpenRouter /workspaces did not end after {MAX_KEY_PAGES} pages")
+
+    def _key_pages(self, workspace_id: str | None) -> Iterator[list[ApiKey]]:
+        """Pages of one workspace's keys (None: what plain /keys lists), disabled included."""
+        seen: set[str] = set()
+        offset = 0
+        for _ in range(MAX_KEY_PAGES):
+            params = {"include_disabled": "true", "offset": str(offset)}
+            if workspace_id is not None:
+                params["workspace_id"] = workspace_id
+            content = self._request("GET", "/keys", params=params)
+            raws = self._decode("/keys", content, list[_RawKey], "a list", slow=parse_key)
+            if not raws:
+                return
+            page = self._parsed("/keys", _keys_of, raws, workspace_id or "")
+            if all(k.hash in seen for k in page):
                 raise ApiError(
                     f"OpenRouter /keys returned only keys already seen at offset {offset}; "
                     "stopping instead of paginating forever"
                 )
-            for api_key in page:
-                found.setdefault(api_key.hash, api_key)
-            offset += len(data)
+            fresh = [k for k in page if k.hash not in seen]
+            seen.update(k.hash for k in fresh)
+            yield fresh
+            offset += len(raws)
         raise ApiError(f"OpenRouter /keys did not end after {MAX_KEY_PAGES} pages")
+
+    def _inventory_pages(self, inventory: Inventory) -> Iterator[list[ApiKey]]:
+        """Fill `inventory` workspace by workspace, yielding each new page of keys."""
+        workspaces = self.workspaces()
+        inventory.has_workspaces = workspaces is not None
+        inventory.workspaces = workspaces or []
+        scopes: Sequence[str | None] = [w.id for w in workspaces] if workspaces else [None]
+        seen: set[str] = set()
+        for scope in scopes:
+            for page in self._key_pages(scope):
+                fresh = [k for k in page if k.hash not in seen]
+                seen.update(k.hash for k in fresh)
+                inventory.keys.extend(fresh)
+                if fresh:
+                    yield fresh
+
+    def inventory(self) -> Inventory:
+        """Every workspace and every key in each (`/keys` alone lists only the default
+        workspace's keys)."""
+        inventory = Inventory()
+        for _ in self._inventory_pages(inventory):
+            pass
+        return inventory
+
+    def keys(self) -> list[ApiKey]:
+        """Every API key in every workspace, disabled ones included."""
+        return self.inventory().keys
 
     def snapshot(
         self,
@@ -333,65 +647,395 @@ class OpenRouterClient:
         per_key: bool = False,
         activity: bool = True,
         date: dt.date | None = None,
+        by_workspace: bool = False,
         progress: Callable[[int, int], None] | None = None,
+        on_key_rows: Callable[[ApiKey, list[ActivityRow]], None] | None = None,
     ) -> Snapshot:
         """Credits, activity and keys fetched concurrently; with `per_key`, each key's activity.
 
-        `per_key` needs the key list, so it fetches keys even when `keys` is False (they are
-        returned either way). At most `concurrency` requests are in flight at once.
+        Per-key requests start as each page of keys arrives. With `on_key_rows`, each key's
+        rows are handed to it (in this thread) as they arrive and not kept, so memory stays
+        flat whatever the number of keys; otherwise they land in `key_activity`. `per_key`
+        needs the key list, so it lists keys even when `keys` is False. At most
+        `concurrency` requests are in flight at once.
         """
+        self.check_key()
         snap = Snapshot(as_of=now)
+        inventory = Inventory()
         with ThreadPoolExecutor(self.concurrency, thread_name_prefix="openrouter") as pool:
             jobs: dict[str, Future[Any]] = {}
             if activity:
                 jobs["activity"] = pool.submit(self.activity, date)
+            if by_workspace:
+                jobs["by_workspace"] = pool.submit(self.workspace_activity, date)
             if credits:
                 jobs["credits"] = pool.submit(self.credits)
-            if keys or per_key:
-                jobs["keys"] = pool.submit(self.keys)
-            _wait_all(list(jobs.values()))
+            try:
+                if per_key:
+                    kept: dict[str, list[ActivityRow]] = {}
+
+                    def keep(key: ApiKey, rows: list[ActivityRow]) -> None:
+                        kept[key.hash] = rows
+
+                    self._fan_out(pool, inventory, date, progress, on_key_rows or keep)
+                    snap.key_activity = {k.hash: kept[k.hash] for k in inventory.keys
+                                         if k.hash in kept}
+                elif keys:
+                    jobs["inventory"] = pool.submit(self.inventory)
+                _wait_all(list(jobs.values()))
+            except BaseException:
+                for future in jobs.values():
+                    future.cancel()
+                raise
             if "activity" in jobs:
                 snap.activity = jobs["activity"].result()
+            if "by_workspace" in jobs:
+                snap.workspace_activity = jobs["by_workspace"].result()
             if "credits" in jobs:
                 snap.credits = jobs["credits"].result()
-            if "keys" in jobs:
-                snap.keys = jobs["keys"].result()
-            if per_key:
-                snap.key_activity = self._per_key(pool, snap.keys, date, progress)
+            if "inventory" in jobs:
+                inventory = jobs["inventory"].result()
+        snap.keys = inventory.keys
+        snap.workspaces = inventory.workspaces
         return snap
 
-    def _per_key(
+    def _fan_out(
         self,
         pool: ThreadPoolExecutor,
-        keys: list[ApiKey],
+        inventory: Inventory,
         date: dt.date | None,
         progress: Callable[[int, int], None] | None,
-    ) -> dict[str, list[ActivityRow]]:
-        hashes = list(dict.fromkeys(k.hash for k in keys))
-        futures = {pool.submit(self.activity, date, h): h for h in hashes}
-        results: dict[str, list[ActivityRow]] = {}
+        sink: Callable[[ApiKey, list[ActivityRow]], None],
+    ) -> None:
+        """List the keys in a worker and fetch each key's activity as its page arrives;
+        hand results to `sink` here, in completion order. The first failure stops it all."""
+        done_listing = object()
+        results: queue.Queue[Any] = queue.Queue()
+        stop = threading.Event()
+        futures: list[Future[None]] = []
+
+        def fetch(key: ApiKey) -> None:
+            if stop.is_set():
+                return
+            try:
+                results.put((key, self.activity(date, key.hash)))
+            except BaseException as exc:
+                results.put(exc)
+
+        def lister() -> None:
+            try:
+                for page in self._inventory_pages(inventory):
+                    if stop.is_set():
+                        return
+                    futures.extend(pool.submit(fetch, key) for key in page)
+                results.put(done_listing)
+            except BaseException as exc:
+                results.put(exc)
+
+        futures.append(pool.submit(lister))
+        listed = False
+        received = 0
         try:
-            for done, future in enumerate(as_completed(futures), start=1):
-                results[futures[future]] = future.result()
+            while not (listed and received == len(inventory.keys)):
+                item = results.get()
+                if item is done_listing:
+                    listed = True
+                    continue
+                if isinstance(item, BaseException):
+                    raise item
+                received += 1
+                sink(*item)
                 if progress is not None:
-                    progress(done, len(hashes))
+                    progress(received, len(inventory.keys))
         except BaseException:
+            stop.set()
             for future in futures:
                 future.cancel()
             raise
-        return {h: results[h] for h in hashes}
 
-    # -- HTTP ----------------------------------------------------------------------------------
+    # -- analytics -------------------------------------------------------------------------------
 
-    def _get(self, path: str, params: Mapping[str, str] | None = None) -> Any:
-        """GET `path` with retries; returns the body's `data`. Raises ApiError (or a subclass)."""
+    def analytics_available(self) -> str | None:
+        """None when the analytics API answers; otherwise why not (for `check`)."""
+        self.check_key()
+        try:
+            self._request("GET", "/analytics/meta")
+        except (NotManagementKey, ApiError) as exc:
+            if isinstance(exc, NotManagementKey) or exc.status == 404:
+                return f"{exc.status}"
+            raise
+        return None
+
+    def analytics_query(self, body: Mapping[str, Any]) -> _RawAnalytics:
+        """One `POST /analytics/query` (read-only), kept under 64 a minute. A 408 is raised at
+        once (status 408) so the caller can narrow the query; 403/404 raise
+        AnalyticsUnavailable."""
+        self.check_key()
+        try:
+            content = self._request(
+                "POST", "/analytics/query", body=body, retry_408=False,
+                before=self._analytics_limit.wait,
+            )
+        except NotManagementKey as exc:
+            raise AnalyticsUnavailable(f"403 {exc}") from exc
+        except ApiError as exc:
+            if exc.status == 404:
+                raise AnalyticsUnavailable(f"404 {exc}") from exc
+            raise
+        answer = self._decode("/analytics/query", content, _RawAnalytics, "an object")
+        for warning in answer.warnings:
+            log.debug("analytics warning: %s", _short(str(warning)))
+        return answer
+
+    def key_model_days(
+        self,
+        start: dt.date,
+        end: dt.date,
+        keys: Sequence[ApiKey],
+        on_window: Callable[[dt.date, dt.date, list[ActivityRow]], None],
+        progress: Callable[[int, int], None] | None = None,
+    ) -> int:
+        """Spend per UTC day by key x model from `start` to `end`, handed to `on_window` one
+        window of days at a time, newest first; returns the number of queries made.
+
+        The API labels keys by name, so names are mapped back to hashes through `keys`. Keys
+        that share a name are asked for by hash filter (one key per name per query), so no two
+        keys are merged; what a shared name's total holds beyond them, and any name no key
+        has (a deleted key), is kept under a placeholder identity. Rows carry the model's
+        permaslug in `model` and `model_permaslug`; `provider` is "".
+        """
+        by_label: dict[str, list[str]] = {}
+        for k in keys:
+            by_label.setdefault(_analytics_label(k), []).append(k.hash)
+        unique = {label: hashes[0] for label, hashes in by_label.items() if len(hashes) == 1}
+        shared = {label: hashes for label, hashes in by_label.items() if len(hashes) > 1}
+        all_hashes = [k.hash for k in keys]
+        queries = 0
+        # keys that share a name, by hash filter: one key of each shared name per round
+        attributed: dict[tuple[dt.date, str, str], list[Any]] = {}
+        by_day: dict[dt.date, list[ActivityRow]] = {}
+        rounds = max((len(h) for h in shared.values()), default=0)
+        for i in range(rounds):
+            picked = {label: hashes[i] for label, hashes in shared.items() if len(hashes) > i}
+            hash_of = dict(picked)
+            for _, _, rows, n in self._windows(
+                start, end, ["api_key_id", "model"], list(picked.values()), None
+            ):
+                queries += n
+                for r in rows:
+                    label = r.api_key_id or ""
+                    if label not in hash_of:
+                        continue
+                    row = _analytics_row(r, hash_of[label])
+                    by_day.setdefault(row.date, []).append(row)
+                    _add(attributed.setdefault((row.date, label, row.model), _zero()), row)
+        total_days = (end - start).days + 1
+        done_days = 0
+        for first, last, rows, n in self._windows(
+            start, end, ["api_key_id", "model"], None, all_hashes
+        ):
+            queries += n
+            out: list[ActivityRow] = []
+            held: dict[tuple[dt.date, str, str], list[Any]] = {}
+            for r in rows:
+                label = r.api_key_id or ""
+                if label in unique:
+                    out.append(_analytics_row(r, unique[label]))
+                elif label in shared:
+                    row = _analytics_row(r, "")
+                    _add(held.setdefault((row.date, label, row.model), _zero()), row)
+                else:
+                    out.append(_analytics_row(r, placeholder_hash(label)))
+            for (day, label, model), sums in held.items():
+                rest = _minus(sums, attributed.get((day, label, model), _zero()))
+                if rest[0] or rest[1] or rest[2]:
+                    out.append(_figures_row(day, model, placeholder_hash(label), rest))
+            day = first
+            while day <= last:
+                out.extend(by_day.pop(day, ()))
+                day += DAY
+            on_window(first, last, out)
+            done_days += (last - first).days + 1
+            if progress is not None:
+                progress(done_days, total_days)
+        return queries
+
+    def model_provider_days(
+        self,
+        start: dt.date,
+        end: dt.date,
+        on_window: Callable[[dt.date, dt.date, list[ActivityRow]], None],
+    ) -> int:
+        """Spend per UTC day by model x provider, in windows of at most 31 days (the API's
+        limit for `provider`), newest first; returns the number of queries made."""
+        queries = 0
+        for first, last, rows, n in self._windows(
+            start, end, ["model", "provider"], None, None, max_days=PROVIDER_WINDOW_DAYS
+        ):
+            queries += n
+            on_window(first, last, [_analytics_row(r, "") for r in rows])
+        return queries
+
+    def _windows(
+        self,
+        start: dt.date,
+        end: dt.date,
+        dimensions: list[str],
+        only: list[str] | None,
+        all_hashes: list[str] | None,
+        *,
+        max_days: int = ANALYTICS_MAX_WINDOW,
+    ) -> Iterator[tuple[dt.date, dt.date, list[_RawAnalyticsRow], int]]:
+        """Whole answers for `start`..`end`, newest window first, each sized to hold about
+        ANALYTICS_TARGET_ROWS rows by the density seen so far. A truncated answer or a 408 is
+        never used: its window is split and asked again (a single day by key set)."""
+        target = ANALYTICS_TARGET_ROWS
+        span = min(ANALYTICS_FIRST_DAYS, max_days)
+        last = end
+        while last >= start:
+            first = max(start, last - DAY * (span - 1))
+            rows: list[_RawAnalyticsRow] = []
+            queries, cap = self._exact(first, last, dimensions, only, all_hashes, rows)
+            if cap is not None:  # the server cut answers at `cap` rows: stay well below it
+                target = min(target, max(1, cap * 3 // 4))
+            yield first, last, rows, queries
+            days = (last - first).days + 1
+            density = max(len(rows) / days, 1.0)
+            span = int(max(1, min(max_days, target // density)))
+            last = first - DAY
+
+    def _exact(
+        self,
+        first: dt.date,
+        last: dt.date,
+        dimensions: list[str],
+        only: list[str] | None,
+        all_hashes: list[str] | None,
+        out: list[_RawAnalyticsRow],
+    ) -> tuple[int, int | None]:
+        """Rows of `first`..`last` with no truncated part, appended to `out`; returns the
+        queries made and the smallest row count at which an answer was cut (None: none)."""
+        filters: list[dict[str, Any]] = []
+        if only is not None:
+            filters.append({"field": "api_key_id", "operator": "in", "value": only})
+        body = {
+            "metrics": list(ANALYTICS_METRICS),
+            "dimensions": dimensions,
+            "granularity": "day",
+            "time_range": {
+                "start": f"{first.isoformat()}T00:00:00Z",
+                "end": f"{(last + DAY).isoformat()}T00:00:00Z",
+            },
+            "filters": filters,
+            "limit": ANALYTICS_LIMIT,
+        }
+        try:
+            answer = self.analytics_query(body)
+        except ApiError as exc:
+            if exc.status != 408:
+                raise
+            log.debug("analytics query for %s..%s timed out (408); narrowing it", first, last)
+            return self._split(first, last, dimensions, only, all_hashes, out, None, exc)
+        if answer.metadata.truncated:
+            cut = len(answer.data)
+            log.debug("analytics answer for %s..%s truncated at %d rows; splitting it",
+                      first, last, cut)
+            return self._split(first, last, dimensions, only, all_hashes, out, cut, None)
+        for r in answer.data:
+            bucket = r.date__day if r.date__day is not None else r.created_at__day
+            if first <= _day(bucket) <= last:  # an inclusive end may bring the next midnight
+                out.append(r)
+        return 1, None
+
+    def _split(
+        self,
+        first: dt.date,
+        last: dt.date,
+        dimensions: list[str],
+        only: list[str] | None,
+        all_hashes: list[str] | None,
+        out: list[_RawAnalyticsRow],
+        cut: int | None,
+        timeout: ApiError | None,
+    ) -> tuple[int, int | None]:
+        queries = 1
+        caps = [cut] if cut is not None else []
+        if first < last:
+            middle = first + DAY * ((last - first).days // 2)
+            parts: list[tuple[dt.date, dt.date, list[str] | None]] = [
+                (middle + DAY, last, only), (first, middle, only)
+            ]
+        elif "api_key_id" in dimensions and (only is None or len(only) > 1):
+            if only is not None:
+                half = len(only) // 2
+                parts = [(first, last, only[:half]), (first, last, only[half:])]
+            else:
+                hashes = all_hashes or []
+                half = len(hashes) // 2
+                parts = [(first, last, hashes[:half]), (first, last, hashes[half:])]
+                # keys we do not know (deleted ones) are in neither half
+                queries += self._rest(first, dimensions, hashes, out)
+        else:
+            what = "timed out" if timeout is not None else "was truncated"
+            raise ApiError(
+                f"OpenRouter analytics answer for {first} {what} even for a single day and key; "
+                "history for that day is incomplete"
+            ) from timeout
+        for p_first, p_last, p_only in parts:
+            if p_only == []:
+                continue
+            n, c = self._exact(p_first, p_last, dimensions, p_only, all_hashes, out)
+            queries += n
+            caps.extend([c] if c is not None else [])
+        return queries, min(caps) if caps else None
+
+    def _rest(
+        self, day: dt.date, dimensions: list[str], hashes: list[str], out: list[_RawAnalyticsRow]
+    ) -> int:
+        body = {
+            "metrics": list(ANALYTICS_METRICS),
+            "dimensions": dimensions,
+            "granularity": "day",
+            "time_range": {
+                "start": f"{day.isoformat()}T00:00:00Z",
+                "end": f"{(day + DAY).isoformat()}T00:00:00Z",
+            },
+            "filters": [{"field": "api_key_id", "operator": "not_in", "value": hashes}],
+            "limit": ANALYTICS_LIMIT,
+        }
+        answer = self.analytics_query(body)
+        if answer.metadata.truncated:
+            raise ApiError(
+                f"OpenRouter analytics answer for {day} (keys not in the key list) was truncated; "
+                "history for that day is incomplete"
+            )
+        out.extend(answer.data)
+        return 1
+
+    # -- HTTP ------------------------------------------------------------------------------------
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        body: Mapping[str, Any] | None = None,
+        retry_408: bool = True,
+        before: Callable[[], None] | None = None,
+    ) -> bytes:
+        """One request with retries; returns the body. Raises ApiError (or a subclass)."""
+        if path != "/key":
+            self.check_key()
         spent = 0.0  # request time plus the sleeps we asked for, so an injected sleep counts
         attempt = 0
         while True:
             attempt += 1
+            if before is not None:
+                before()
             started = time.monotonic()
             try:
-                return self._attempt(path, params)
+                return self._attempt(method, path, params, body, retry_408)
             except _Retry as failure:
                 spent += time.monotonic() - started
                 remaining = self.retry_budget - spent
@@ -416,28 +1060,39 @@ class OpenRouterClient:
             jitter = self._random.uniform(0.5, 1.0)
         return min(BACKOFF_CAP, BACKOFF_BASE * 2 ** (attempt - 1)) * jitter
 
-    def _attempt(self, path: str, params: Mapping[str, str] | None) -> Any:
-        """One GET. Returns `data`, raises _Retry for what may pass, ApiError for what won't."""
+    def _attempt(
+        self,
+        method: str,
+        path: str,
+        params: Mapping[str, str] | None,
+        body: Mapping[str, Any] | None,
+        retry_408: bool,
+    ) -> bytes:
+        """One request. Returns the body of a 2xx, raises _Retry for what may pass, ApiError
+        for what won't."""
         started = time.monotonic()
         try:
-            resp = self._http.get(path, params=params)
+            if body is None:
+                resp = self._http.request(method, path, params=params)
+            else:
+                resp = self._http.request(method, path, params=params, json=body)
         except httpx.TimeoutException as exc:
-            log.debug("GET %s -> timeout after %.0f ms", path, _ms(started))
+            log.debug("%s %s -> timeout after %.0f ms", method, path, _ms(started))
             raise _Retry(f"timed out after {self.timeout:g}s ({type(exc).__name__})") from exc
         except httpx.UnsupportedProtocol as exc:
             raise ApiError(self._redact(f"OpenRouter {path}: bad base URL: {exc}")) from exc
         except httpx.TransportError as exc:
-            log.debug("GET %s -> %s after %.0f ms", path, type(exc).__name__, _ms(started))
+            log.debug("%s %s -> %s after %.0f ms", method, path, type(exc).__name__, _ms(started))
             detail = self._redact(_short(str(exc), 120)) or type(exc).__name__
             raise _Retry(f"connection failed: {detail}") from exc
         except httpx.HTTPError as exc:
             raise ApiError(self._redact(f"OpenRouter {path} failed: {_short(str(exc))}")) from exc
-        log.debug("GET %s -> %d in %.0f ms", path, resp.status_code, _ms(started))
+        log.debug("%s %s -> %d in %.0f ms", method, path, resp.status_code, _ms(started))
         status = resp.status_code
         if 200 <= status < 300:
-            return self._data(path, resp)
+            return resp.content
         reason = f"{status} {resp.reason_phrase}".strip()
-        message = self._redact(_api_message(resp))
+        message = self._redact(_api_message(resp.content))
         described = f"{reason}: {message}" if message else reason
         if status == 401:
             raise AuthError(
@@ -452,28 +1107,68 @@ class OpenRouterClient:
                 "OPENROUTER_MANAGEMENT_KEY",
                 status,
             )
-        if status in (408, 429) or status >= 500:
+        if (status == 408 and retry_408) or status == 429 or status >= 500:
             raise _Retry(described, status, _retry_after(resp))
         raise ApiError(f"OpenRouter {path} failed: {described}", status)
 
-    def _data(self, path: str, resp: httpx.Response) -> Any:
+    # -- decoding --------------------------------------------------------------------------------
+
+    def _envelope(self, path: str, content: bytes) -> _Envelope:
+        """The body's outer object; ApiError when it is not JSON, not an object, has no `data`."""
         try:
-            body = _loads(resp.content)
-        except (ValueError, RecursionError) as exc:
+            envelope = _decoder(_Envelope).decode(content)
+        except msgspec.ValidationError as exc:  # JSON, but not an object with `data`
+            if _kind_of(content) != "an object":
+                raise self._malformed(
+                    path, f"body is {_kind_of(content)}, expected an object"
+                ) from exc
+            raise self._malformed(path, _field_error(str(exc))) from exc
+        except msgspec.DecodeError as exc:
             raise self._malformed(path, f"not JSON ({type(exc).__name__})") from exc
-        if not isinstance(body, dict):
-            raise self._malformed(path, f"body is {_kind(body)}, expected an object")
-        if "data" not in body:
-            error = body.get("error")
+        if not envelope.data:
+            error = envelope.error
             if error:
                 message = error.get("message") if isinstance(error, dict) else error
                 raise ApiError(
                     self._redact(f"OpenRouter {path} returned an error: {_short(str(message))}")
                 )
             raise self._malformed(path, "no 'data' field")
-        return body["data"]
+        return envelope
 
-    def _parsed(self, path: str, parse: Callable[..., Any], *args: Any) -> Any:
+    def _decode(
+        self,
+        path: str,
+        content: bytes,
+        kind: Any,
+        expected: str,
+        slow: Callable[[Any], Any] | None = None,
+    ) -> Any:
+        return self._decode_data(path, self._envelope(path, content).data, kind, expected, slow)
+
+    def _decode_data(
+        self,
+        path: str,
+        data: msgspec.Raw,
+        kind: Any,
+        expected: str,
+        slow: Callable[[Any], Any] | None = None,
+    ) -> Any:
+        """`data` decoded as `kind`. When it does not fit, says why in the API's terms: the
+        wrong shape, or (through the per-item parser `slow`) the first unreadable item."""
+        raw = bytes(data)
+        try:
+            return _decoder(kind).decode(raw)
+        except msgspec.ValidationError as exc:
+            found = _kind_of(raw)
+            if found != expected:
+                raise self._malformed(path, f"data is {found}, expected {expected}") from exc
+            if slow is not None:
+                items = json.loads(raw, parse_float=Decimal)
+                for item in items:
+                    self._parsed(path, slow, item)
+            raise self._malformed(path, _field_error(str(exc))) from exc
+
+    def _parsed(self, path: str, parse: Callable[..., T], *args: Any) -> T:
         try:
             return parse(*args)
         except ApiError as exc:
@@ -486,6 +1181,47 @@ class OpenRouterClient:
         return redact(text, [self._key])
 
 
+def _analytics_label(key: ApiKey) -> str:
+    """How the analytics API names a key: its name, else its label."""
+    return key.name or key.label
+
+
+def _zero() -> list[Any]:
+    return [ZERO, ZERO, 0, 0, 0, 0]
+
+
+def _add(sums: list[Any], row: ActivityRow) -> None:
+    sums[0] += row.usage
+    sums[1] += row.byok_usage
+    sums[2] += row.requests
+    sums[3] += row.prompt_tokens
+    sums[4] += row.completion_tokens
+    sums[5] += row.reasoning_tokens
+
+
+def _minus(a: list[Any], b: list[Any]) -> list[Any]:
+    return [x - y for x, y in zip(a, b, strict=True)]
+
+
+def _figures_row(day: dt.date, model: str, key_hash: str, sums: list[Any]) -> ActivityRow:
+    return ActivityRow(
+        date=day, model=model, model_permaslug=model, endpoint_id="", provider="",
+        usage=sums[0], byok_usage=sums[1], requests=sums[2], prompt_tokens=sums[3],
+        completion_tokens=sums[4], reasoning_tokens=sums[5], key_hash=key_hash,
+    )
+
+
+def _api_message(content: bytes) -> str:
+    """The API's `{"error": {"message"}}` text, one line, or "" (never an HTML page)."""
+    try:
+        body = json.loads(content)
+    except ValueError:
+        return ""
+    error = body.get("error") if isinstance(body, dict) else None
+    message = error.get("message") if isinstance(error, dict) else error
+    return _short(message) if isinstance(message, str) else ""
+
+
 def _wait_all(futures: list[Future[Any]]) -> None:
     """Wait for all futures, or cancel the rest as soon as one fails (`.result()` re-raises)."""
     done, pending = wait(futures, return_when=FIRST_EXCEPTION)
@@ -496,11 +1232,11 @@ def _wait_all(futures: list[Future[Any]]) -> None:
             future.result()
 
 
-def _kind(value: Any) -> str:
-    if value is None:
-        return "null"
-    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean"}
-    return names.get(type(value), "a number")
+def _kind_of(raw: bytes) -> str:
+    first = raw.lstrip()[:1]
+    names = {b"{": "an object", b"[": "a list", b'"': "a string", b"t": "a boolean",
+             b"f": "a boolean", b"n": "null"}
+    return names.get(first, "a number")
 
 
 def _ms(started: float) -> float:

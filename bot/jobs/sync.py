@@ -1,4 +1,5 @@
-"""The `sync` pipeline: fetch credits, activity (org-wide and per key) and keys into history."""
+"""The `sync` pipeline: credits, keys (every workspace), activity (org-wide and per key, streamed
+into history as it arrives)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from bot.models import Snapshot
+from bot.models import ActivityRow, ApiKey, Snapshot
 
 if TYPE_CHECKING:
     from bot.openrouter import OpenRouterClient
@@ -18,15 +19,17 @@ if TYPE_CHECKING:
 class SyncResult:
     snapshot: Snapshot
     stats: SyncStats
+    key_rows: int = 0  # per-key rows fetched (they went to history as they arrived)
 
     def summary(self) -> str:
         s = self.stats
+        snap = self.snapshot
+        spaces = f" in {len(snap.workspaces)} workspaces" if snap.workspaces else ""
         return (
-            f"Synced as of {self.snapshot.as_of:%Y-%m-%d %H:%M} UTC: "
-            f"{len(self.snapshot.activity)} org rows and "
-            f"{sum(len(r) for r in self.snapshot.key_activity.values())} per-key rows fetched "
+            f"Synced as of {snap.as_of:%Y-%m-%d %H:%M} UTC: "
+            f"{len(snap.activity)} org rows and {self.key_rows} per-key rows fetched "
             f"({s.activity_new} new, {s.activity_updated} updated), "
-            f"{len(self.snapshot.keys)} keys, credits "
+            f"{len(snap.keys)} keys{spaces}, credits "
             f"{'recorded' if s.credits_new else 'unchanged'}."
         )
 
@@ -38,5 +41,22 @@ def run_sync(
     now: dt.datetime,
     progress: Callable[[int, int], None] | None = None,
 ) -> SyncResult:
-    snap = client.snapshot(now=now, credits=True, keys=True, per_key=True, progress=progress)
-    return SyncResult(snap, store.save_snapshot(snap))
+    from bot.store import activity_window
+
+    client.check_key()  # before anything is fetched or stored
+    first, last = activity_window(now)
+    batch = store.usage_batch(now)
+    fetched = 0
+
+    def keep(key: ApiKey, rows: list[ActivityRow]) -> None:
+        nonlocal fetched
+        fetched += len(rows)
+        batch.key_activity(key.hash, rows, first, last)
+
+    snap = client.snapshot(
+        now=now, credits=True, keys=True, per_key=True, progress=progress, on_key_rows=keep
+    )
+    batch.flush()
+    stats = store.save_snapshot(snap)
+    stats.add(batch.stats)
+    return SyncResult(snap, stats, fetched)

@@ -40,12 +40,18 @@ def _plain(value: Any) -> Any:
     return value
 
 
+# the identity beside a group's name, where it has one
+_REF = {"key": "hash", "workspace": "id"}
+GROUP_FIGURES = ("usage", "byok_usage", "cost", "requests", "prompt_tokens",
+                 "completion_tokens", "reasoning_tokens")
+
+
 def _group_dicts(groups: list[Group], dimension: str) -> list[dict[str, Any]]:
     out = []
     for g in groups:
         item: dict[str, Any] = {dimension: g.name}
-        if dimension == "key":
-            item["hash"] = g.ref
+        if dimension in _REF:
+            item[_REF[dimension]] = g.ref
         item.update(g.figures.as_dict())
         out.append(item)
     return out
@@ -71,6 +77,8 @@ def to_json(report: UsageReport) -> str:
     }
     if report.by_key is not None:
         doc["by_key"] = _group_dicts(report.by_key, "key")
+    if report.by_workspace is not None:
+        doc["by_workspace"] = _group_dicts(report.by_workspace, "workspace")
     doc["missing_days"] = [d.isoformat() for d in report.missing_days]
     doc["activity"] = [r.to_api_dict() for r in report.rows]
     return json.dumps(_plain(doc), indent=2, ensure_ascii=False)
@@ -97,6 +105,15 @@ def write_csv(rows: Iterable[ActivityRow], out: IO[str]) -> None:
                 r.endpoint_id,
             ]
         )
+
+
+def write_groups_csv(groups: list[Group], dimension: str, out: IO[str]) -> None:
+    """One line per group (e.g. per workspace): its name, identity and figures."""
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow([dimension, _REF.get(dimension, "ref"), *GROUP_FIGURES])
+    for g in groups:
+        figures = g.figures.as_dict()
+        writer.writerow([g.name, g.ref, *(figures[f] for f in GROUP_FIGURES)])
 
 
 def _table(title: str, groups: list[Group], show_byok: bool, tokens: bool) -> list[str]:
@@ -158,6 +175,8 @@ def format_text(report: UsageReport) -> str:
         lines.append(f"  {g.name}  {cost:>10}  {fmt.bar(g.figures.cost, peak)}".rstrip())
     if report.by_key is not None:
         lines += _table("Spend by API key", report.by_key, show_byok, tokens=False)
+    if report.by_workspace is not None:
+        lines += _table("Spend by workspace", report.by_workspace, show_byok, tokens=False)
     if report.missing_days:
         lines += ["", missing_note(report)]
     return "\n".join(lines) + "\n"

@@ -1,4 +1,10 @@
-"""The only owner of SQL: the SQLite history, its migrations, the outbox, alert state, leases."""
+"""The only owner of SQL: the SQLite history, its migrations, the outbox, alert state, leases.
+
+History keeps org-wide activity rows as the API sent them (money as exact decimal text), and
+each key's spend per UTC day and model in `key_usage` (money as integer pico-dollars, so sums
+over a year of keys run in SQL, exactly). Writes are batched (`executemany`), reads of long
+ranges are aggregated in SQL.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +12,17 @@ import datetime as dt
 import json
 import os
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from decimal import Decimal
+from decimal import ROUND_HALF_EVEN, Context, Decimal
 from pathlib import Path
 from typing import Any
 
 from bot.errors import DataError
 from bot.models import (
     DAY,
+    PLACEHOLDER_PREFIX,
     SETTLE,
     ActivityRow,
     AlertState,
@@ -23,6 +30,9 @@ from bot.models import (
     Credits,
     DeliveryState,
     Snapshot,
+    Workspace,
+    key_labels,
+    placeholder_name,
 )
 from bot.store.migrations import MIGRATIONS, SCHEMA_VERSION
 from bot.text import one_line
@@ -37,7 +47,15 @@ KEY_FIGURES = (
     "limit", "limit_remaining", "usage", "usage_daily", "usage_weekly", "usage_monthly",
     "byok_usage", "byok_usage_daily", "byok_usage_weekly", "byok_usage_monthly",
 )
-KEY_TEXT = ("name", "label", "limit_reset", "created_at", "expires_at")
+KEY_TEXT = ("name", "label", "limit_reset", "created_at", "expires_at", "workspace_id")
+# key_usage money is integer pico-dollars: exact sums in SQL up to $9.2 million per group
+PICO = Decimal(10) ** 12
+_EXACT = Context(prec=60, rounding=ROUND_HALF_EVEN)
+SOURCE_ACTIVITY = 0  # key_usage rows from /activity (preferred where both APIs answer)
+SOURCE_ANALYTICS = 1  # key_usage rows from the analytics API
+# endpoint_id of org-wide rows that came from the analytics API (which has no endpoints)
+ANALYTICS_ENDPOINT = "analytics:"
+BATCH_ROWS = 20_000  # rows per write transaction when streaming
 
 
 # --- value conversions -------------------------------------------------------------------
@@ -45,6 +63,15 @@ KEY_TEXT = ("name", "label", "limit_reset", "created_at", "expires_at")
 
 def _money(value: Decimal) -> str:
     return format(value, "f")  # exact, and never in exponent notation
+
+
+def _pico(value: Decimal) -> int:
+    """Money as integer pico-dollars (rounded half-even below 1e-12 USD)."""
+    return int(_EXACT.multiply(value, PICO).to_integral_value(context=_EXACT))
+
+
+def _from_pico(value: int) -> Decimal:
+    return Decimal(value).scaleb(-12)
 
 
 def _money_or_none(value: Decimal | None) -> str | None:
@@ -159,8 +186,7 @@ def connect(path: str | os.PathLike[str]) -> sqlite3.Connection:
 
 @dataclass
 class SyncStats:
-    """What one `save_snapshot` changed; re-saving the same snapshot gives all zeros but
-    `*_unchanged`."""
+    """What one sync changed; re-saving the same data gives all zeros but `*_unchanged`."""
 
     credits_new: bool = False
     activity_new: int = 0
@@ -169,8 +195,13 @@ class SyncStats:
     keys_new: int = 0
     keys_updated: int = 0
     keys_unchanged: int = 0
-    key_snapshots_new: int = 0
     days_covered_new: int = 0
+
+    def add(self, other: SyncStats) -> None:
+        self.credits_new = self.credits_new or other.credits_new
+        for name in ("activity_new", "activity_updated", "activity_unchanged", "keys_new",
+                     "keys_updated", "keys_unchanged", "days_covered_new"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
 @dataclass
@@ -192,6 +223,23 @@ class Delivery:
     forced: int = 0  # how many times --force reset it after it was sent or given up
 
 
+# Figures summed per group: usage, byok_usage (Decimal), then the four counts.
+Sums = list[Any]
+
+
+def zero_sums() -> Sums:
+    return [Decimal(0), Decimal(0), 0, 0, 0, 0]
+
+
+def _add(sums: Sums, row: ActivityRow) -> None:
+    sums[0] += row.usage
+    sums[1] += row.byok_usage
+    sums[2] += row.requests
+    sums[3] += row.prompt_tokens
+    sums[4] += row.completion_tokens
+    sums[5] += row.reasoning_tokens
+
+
 def _merge(rows: Sequence[ActivityRow], key_hash: str) -> dict[tuple[str, ...], ActivityRow]:
     """Rows by their history key, tagged with `key_hash`; duplicates within one fetch are summed
     so history totals equal the API's."""
@@ -208,6 +256,124 @@ def _merge(rows: Sequence[ActivityRow], key_hash: str) -> dict[tuple[str, ...], 
     return merged
 
 
+def activity_window(
+    as_of: dt.datetime, window_days: int = 30, settle: dt.timedelta = SETTLE
+) -> tuple[dt.date, dt.date]:
+    """The completed UTC days a fetch of /activity at `as_of` covers: the `window_days` days
+    before its date, the latest only once `settle` has passed since it ended."""
+    utc = _dt(_ts(as_of))
+    first_day = utc.date() - DAY * window_days
+    last_day = min(utc.date(), (utc - settle).date()) - DAY
+    return first_day, last_day
+
+
+_KEY_USAGE_INSERT = (
+    "INSERT INTO key_usage (date, key_id, model_id, usage, byok_usage, requests, prompt_tokens, "
+    "completion_tokens, reasoning_tokens, source) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (date, key_id, model_id) DO NOTHING"
+)
+_KEY_USAGE_UPDATE = (
+    "UPDATE key_usage SET usage = ?, byok_usage = ?, requests = ?, prompt_tokens = ?, "
+    "completion_tokens = ?, reasoning_tokens = ?, source = ? "
+    "WHERE date = ? AND key_id = ? AND model_id = ? AND source >= ? AND (usage != ? OR "
+    "byok_usage != ? OR requests != ? OR prompt_tokens != ? OR completion_tokens != ? OR "
+    "reasoning_tokens != ? OR source != ?)"
+)
+
+
+class UsageBatch:
+    """Per-key day figures streamed into `key_usage`, a transaction per ~BATCH_ROWS rows.
+
+    `/activity` rows replace what the analytics API said for the same key and day; analytics
+    rows never replace `/activity` ones, and are not stored for a key and day that /activity
+    covered (it is preferred where both answer).
+    """
+
+    def __init__(self, store: Store, as_of: dt.datetime) -> None:
+        self.store = store
+        self.as_of = _ts(as_of)
+        self.stats = SyncStats()
+        self._rows: list[tuple[Any, ...]] = []
+        self._covered: list[tuple[str, dt.date, dt.date]] = []
+
+    def key_activity(
+        self, key_hash: str, rows: Iterable[ActivityRow], first: dt.date, last: dt.date
+    ) -> None:
+        """One key's /activity rows, which cover its days `first`..`last`."""
+        folded: dict[tuple[dt.date, str], Sums] = {}
+        for row in rows:
+            sums = folded.get((row.date, row.model_permaslug))
+            if sums is None:
+                sums = folded[(row.date, row.model_permaslug)] = zero_sums()
+                self.store._remember_model(row.model_permaslug, row.model)
+            _add(sums, row)
+        for (day, slug), sums in folded.items():
+            self._rows.append(_usage_values(day, key_hash, slug, sums, SOURCE_ACTIVITY))
+        if first <= last:
+            self._covered.append((key_hash, first, last))
+        if len(self._rows) >= BATCH_ROWS:
+            self.flush()
+
+    def analytics(self, rows: Sequence[ActivityRow]) -> int:
+        """Analytics key x model rows (`model` is the permaslug); returns how many were kept
+        (rows for a key and day that /activity covered are not)."""
+        if not rows:
+            return 0
+        first = min(r.date for r in rows)
+        last = max(r.date for r in rows)
+        covered = self.store.covered_key_days(first, last)
+        kept = 0
+        for row in rows:
+            if (row.key_hash, row.date) in covered:
+                continue
+            sums = [row.usage, row.byok_usage, row.requests, row.prompt_tokens,
+                    row.completion_tokens, row.reasoning_tokens]
+            self._rows.append(_usage_values(row.date, row.key_hash, row.model_permaslug, sums,
+                                            SOURCE_ANALYTICS))
+            kept += 1
+        if len(self._rows) >= BATCH_ROWS:
+            self.flush()
+        return kept
+
+    def flush(self) -> None:
+        rows, self._rows = self._rows, []
+        covered, self._covered = self._covered, []
+        if not rows and not covered:
+            return
+        conn = self.store.conn
+        try:
+            with _write(conn):
+                key_ids, model_ids = self.store._ids(
+                    {r[1] for r in rows} | {c[0] for c in covered}, {r[2] for r in rows}
+                )
+                values = [(r[0], key_ids[r[1]], model_ids[r[2]], *r[3:]) for r in rows]
+                new = conn.executemany(_KEY_USAGE_INSERT, values).rowcount if values else 0
+                updates = [(*v[3:10], *v[0:3], v[9], *v[3:10]) for v in values]
+                changed = conn.executemany(_KEY_USAGE_UPDATE, updates).rowcount if values else 0
+                for key_hash, first, last in covered:
+                    conn.execute(
+                        "DELETE FROM key_usage WHERE key_id = ? AND date BETWEEN ? AND ? "
+                        "AND source = ?",
+                        (key_ids[key_hash], first.isoformat(), last.isoformat(),
+                         SOURCE_ANALYTICS),
+                    )
+                    self.stats.days_covered_new += self.store._cover(key_hash, first, last,
+                                                                     self.as_of)
+        except BaseException:
+            self.store._forget_ids()
+            raise
+        self.stats.activity_new += max(new, 0)
+        self.stats.activity_updated += max(changed, 0)
+        self.stats.activity_unchanged += len(rows) - max(new, 0) - max(changed, 0)
+
+
+def _usage_values(
+    day: dt.date, key_hash: str, permaslug: str, sums: Sums, source: int
+) -> tuple[Any, ...]:
+    return (day.isoformat(), key_hash, permaslug, _pico(sums[0]), _pico(sums[1]), sums[2],
+            sums[3], sums[4], sums[5], source)
+
+
 # --- the store ---------------------------------------------------------------------------
 
 
@@ -217,6 +383,10 @@ class Store:
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
         migrate(conn)
+        self._key_ids: dict[str, int] | None = None
+        self._model_ids: dict[str, int] | None = None
+        self._model_names: dict[str, str] = {}
+        self._pending_names: dict[str, str] = {}
 
     def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         cur = self.conn.cursor()
@@ -227,7 +397,76 @@ class Store:
         rows = self._rows(sql, params)
         return rows[0] if rows else None
 
-    # --- history -------------------------------------------------------------------------
+    # --- small identities ----------------------------------------------------------------
+
+    def _load_ids(self) -> None:
+        if self._key_ids is None or self._model_ids is None:
+            self._key_ids = dict(self.conn.execute("SELECT hash, id FROM key_ids").fetchall())
+            self._model_ids = {}
+            self._model_names = {}
+            for model_id, slug, model in self.conn.execute(
+                "SELECT id, permaslug, model FROM model_ids"
+            ):
+                self._model_ids[slug] = model_id
+                self._model_names[slug] = model
+
+    def _forget_ids(self) -> None:
+        """After a rolled-back write the cached identities may name rows that do not exist."""
+        self._key_ids = self._model_ids = None
+        self._pending_names = {}
+
+    def _remember_model(self, permaslug: str, model: str) -> None:
+        """The name /activity gives a permaslug (the analytics API gives only the permaslug,
+        which stands for itself until /activity names it); written by the next `_ids`."""
+        self._load_ids()
+        if self._model_names.get(permaslug) != model:
+            self._pending_names[permaslug] = model
+
+    def _ids(self, hashes: set[str], slugs: set[str]) -> tuple[dict[str, int], dict[str, int]]:
+        """The small integers standing for key hashes (or placeholders) and model permaslugs
+        in key_usage, adding missing ones; call inside a write transaction."""
+        self._load_ids()
+        assert self._key_ids is not None and self._model_ids is not None
+        missing = sorted(h for h in hashes if h not in self._key_ids)
+        if missing:
+            self.conn.executemany(
+                "INSERT INTO key_ids (hash) VALUES (?) ON CONFLICT (hash) DO NOTHING",
+                [(h,) for h in missing],
+            )
+        names, self._pending_names = self._pending_names, {}
+        new_slugs = sorted(s for s in slugs | names.keys() if s not in self._model_ids)
+        self.conn.executemany(
+            "INSERT INTO model_ids (permaslug, model) VALUES (?, ?) "
+            "ON CONFLICT (permaslug) DO NOTHING",
+            [(s, names.get(s, s)) for s in new_slugs],
+        )
+        renamed = [(m, s) for s, m in names.items()
+                   if s in self._model_ids and self._model_names.get(s) != m]
+        self.conn.executemany("UPDATE model_ids SET model = ? WHERE permaslug = ?", renamed)
+        if missing or new_slugs or renamed:
+            self._key_ids = self._model_ids = None
+            self._load_ids()
+        assert self._key_ids is not None and self._model_ids is not None
+        return self._key_ids, self._model_ids
+
+    def model_names(self) -> dict[str, str]:
+        """Model permaslug -> the model name /activity uses (the permaslug when unknown)."""
+        self._load_ids()
+        return dict(self._model_names)
+
+    # --- history: writes -----------------------------------------------------------------
+
+    @contextmanager
+    def _writing(self) -> Iterator[sqlite3.Connection]:
+        try:
+            with _write(self.conn) as conn:
+                yield conn
+        except BaseException:
+            self._forget_ids()
+            raise
+
+    def usage_batch(self, as_of: dt.datetime) -> UsageBatch:
+        return UsageBatch(self, as_of)
 
     def save_snapshot(
         self,
@@ -246,26 +485,25 @@ class Store:
         """
         stats = SyncStats()
         as_of = _ts(snap.as_of)
-        utc = _dt(as_of)
-        first_day = utc.date() - DAY * window_days
-        last_day = min(utc.date(), (utc - settle).date()) - DAY
-        scopes: list[tuple[str, Sequence[ActivityRow]]] = []
-        if activity_fetched or snap.activity:
-            scopes.append(("", snap.activity))
-        scopes.extend((h, rows) for h, rows in snap.key_activity.items() if h)
-        with _write(self.conn):
+        first_day, last_day = activity_window(snap.as_of, window_days, settle)
+        with self._writing():
             if snap.credits is not None:
                 stats.credits_new = self._save_credits(snap.credits, as_of)
-            for key in snap.keys:
-                self._save_key(key, as_of, stats)
-            for key_hash, rows in scopes:
-                for row in _merge(rows, key_hash).values():
-                    self._save_activity(row, as_of, stats)
-                if first_day <= last_day:
-                    stats.days_covered_new += self._cover(key_hash, first_day, last_day, as_of)
+            self._save_workspaces(snap.workspaces, as_of)
+            self._save_keys(snap.keys, as_of, stats)
+            if activity_fetched or snap.activity:
+                self._save_org_activity(snap.activity, as_of, first_day, last_day, stats)
+            self._ids(set(), set())  # model names /activity gave
             last = self.get_meta("last_sync_at")
             if last is None or last < as_of:
                 self.set_meta("last_sync_at", as_of)
+        if snap.key_activity:
+            batch = self.usage_batch(snap.as_of)
+            for key_hash, rows in snap.key_activity.items():
+                if key_hash:
+                    batch.key_activity(key_hash, rows, first_day, last_day)
+            batch.flush()
+            stats.add(batch.stats)
         return stats
 
     def _save_credits(self, credits: Credits, as_of: str) -> bool:
@@ -290,83 +528,167 @@ class Store:
         )
         return True
 
-    def _save_key(self, key: ApiKey, as_of: str, stats: SyncStats) -> None:
-        row = self._row('SELECT * FROM keys WHERE hash = ?', (key.hash,))
-        values: dict[str, Any] = {f: getattr(key, f) for f in KEY_TEXT}
-        values.update({f: _money_or_none(getattr(key, f)) for f in KEY_FIGURES})
-        values["disabled"] = int(key.disabled)
-        if row is None:
-            cols = ["hash", *values, "first_seen", "last_seen"]
-            self.conn.execute(
-                f"INSERT INTO keys ({', '.join(map(_quote, cols))}) "
-                f"VALUES ({', '.join('?' * len(cols))})",
-                (key.hash, *values.values(), as_of, as_of),
-            )
-            stats.keys_new += 1
-            self._key_snapshot(key, as_of)
-            stats.key_snapshots_new += 1
-            return
-        if row["last_seen"] > as_of:  # an older fetch than what we hold: keep the newer state
-            stats.keys_unchanged += 1
-            return
-        old = _key_from_row(row)
-        sets = ", ".join(f"{_quote(c)} = ?" for c in [*values, "last_seen"])
-        self.conn.execute(
-            f"UPDATE keys SET {sets} WHERE hash = ?", (*values.values(), as_of, key.hash)
+    def _save_workspaces(self, workspaces: Sequence[Workspace], as_of: str) -> None:
+        self.conn.executemany(
+            "INSERT INTO workspaces (id, name, slug, first_seen, last_seen) "
+            "VALUES (?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
+            "name = excluded.name, slug = excluded.slug, last_seen = excluded.last_seen "
+            "WHERE workspaces.last_seen <= excluded.last_seen",
+            [(w.id, w.name, w.slug, as_of, as_of) for w in workspaces],
         )
-        if old == key:
-            stats.keys_unchanged += 1
-            return
-        stats.keys_updated += 1
-        figures = ("disabled", *KEY_FIGURES)
-        if any(getattr(old, f) != getattr(key, f) for f in figures):
-            self._key_snapshot(key, as_of)
-            stats.key_snapshots_new += 1
 
-    def _key_snapshot(self, key: ApiKey, as_of: str) -> None:
-        cols = ["hash", "as_of", "disabled", *KEY_FIGURES]
-        self.conn.execute(
-            f"INSERT INTO key_snapshots ({', '.join(map(_quote, cols))}) "
+    def _save_keys(self, keys: Sequence[ApiKey], as_of: str, stats: SyncStats) -> None:
+        """Upsert keys in two statements; a key's latest state wins (an older fetch changes
+        nothing)."""
+        held = {r["hash"]: r for r in self._rows("SELECT * FROM keys")}
+        inserts: list[tuple[Any, ...]] = []
+        updates: list[tuple[Any, ...]] = []
+        for key in {k.hash: k for k in keys}.values():
+            values = _key_values(key)
+            row = held.get(key.hash)
+            if row is None:
+                inserts.append((key.hash, *values, as_of, as_of))
+                stats.keys_new += 1
+            elif row["last_seen"] > as_of:  # an older fetch than what we hold
+                stats.keys_unchanged += 1
+            else:
+                updates.append((*values, as_of, key.hash))
+                if _key_from_row(row) == key:
+                    stats.keys_unchanged += 1
+                else:
+                    stats.keys_updated += 1
+        cols = ["hash", *KEY_TEXT, *KEY_FIGURES, "disabled", "first_seen", "last_seen"]
+        self.conn.executemany(
+            f"INSERT INTO keys ({', '.join(map(_quote, cols))}) "
             f"VALUES ({', '.join('?' * len(cols))})",
-            (key.hash, as_of, int(key.disabled),
-             *(_money_or_none(getattr(key, f)) for f in KEY_FIGURES)),
+            inserts,
         )
+        sets = ", ".join(f"{_quote(c)} = ?" for c in [*KEY_TEXT, *KEY_FIGURES, "disabled",
+                                                      "last_seen"])
+        self.conn.executemany(f"UPDATE keys SET {sets} WHERE hash = ?", updates)
 
-    def _save_activity(self, row: ActivityRow, as_of: str, stats: SyncStats) -> None:
-        pk = (row.key_hash, row.date.isoformat(), row.endpoint_id, row.model_permaslug)
-        old = self._row(
-            "SELECT * FROM activity WHERE key_hash = ? AND date = ? AND endpoint_id = ? "
-            "AND model_permaslug = ?",
-            pk,
+    def _save_org_activity(
+        self,
+        rows: Sequence[ActivityRow],
+        as_of: str,
+        first: dt.date,
+        last: dt.date,
+        stats: SyncStats,
+    ) -> None:
+        merged = _merge(rows, "")
+        if merged:
+            days = [pk[1] for pk in merged]
+            held: dict[tuple[str, ...], sqlite3.Row] = {
+                (r["key_hash"], r["date"], r["endpoint_id"], r["model_permaslug"]): r
+                for r in self._rows(
+                    "SELECT * FROM activity WHERE key_hash = '' AND date BETWEEN ? AND ?",
+                    (min(days), max(days)),
+                )
+            }
+        else:
+            held = {}
+        inserts: list[tuple[Any, ...]] = []
+        updates: list[tuple[Any, ...]] = []
+        for pk, row in merged.items():
+            self._remember_model(row.model_permaslug, row.model)
+            figures = (row.model, row.provider, _money(row.usage), _money(row.byok_usage),
+                       *(getattr(row, f) for f in ACTIVITY_COUNTS))
+            old = held.get(pk)
+            if old is None:
+                inserts.append((*pk, *figures, as_of, as_of))
+            elif _activity_from_row(old) != row:
+                updates.append((*figures, as_of, *pk))
+            else:
+                stats.activity_unchanged += 1
+        self.conn.executemany(
+            "INSERT INTO activity (key_hash, date, endpoint_id, model_permaslug, model, "
+            "provider, usage, byok_usage, requests, prompt_tokens, completion_tokens, "
+            "reasoning_tokens, first_seen, updated_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            inserts,
         )
-        figures = (row.model, row.provider, _money(row.usage), _money(row.byok_usage),
-                   *(getattr(row, f) for f in ACTIVITY_COUNTS))
-        if old is None:
+        self.conn.executemany(
+            "UPDATE activity SET model = ?, provider = ?, usage = ?, byok_usage = ?, "
+            "requests = ?, prompt_tokens = ?, completion_tokens = ?, reasoning_tokens = ?, "
+            "updated_at = ? "
+            "WHERE key_hash = ? AND date = ? AND endpoint_id = ? AND model_permaslug = ?",
+            updates,
+        )
+        stats.activity_new += len(inserts)
+        stats.activity_updated += len(updates)
+        if first <= last:
+            # /activity now covers these days: what the analytics API said of them goes
             self.conn.execute(
+                "DELETE FROM activity WHERE key_hash = '' AND date BETWEEN ? AND ? "
+                "AND endpoint_id LIKE ?",
+                (first.isoformat(), last.isoformat(), ANALYTICS_ENDPOINT + "%"),
+            )
+            stats.days_covered_new += self._cover("", first, last, as_of)
+
+    def save_org_analytics(
+        self, rows: Sequence[ActivityRow], first: dt.date, last: dt.date, as_of: dt.datetime
+    ) -> int:
+        """Org-wide day figures from the analytics API (by model x provider, or by model alone
+        with provider "unknown") for the days `first`..`last` that /activity did not cover;
+        they replace what the analytics API said of those days before. Returns the days
+        stored."""
+        ts = _ts(as_of)
+        with _write(self.conn):
+            covered = self.covered_days(first, last, "")
+            days = [d for d in _days(first, last) if d not in covered]
+            if not days:
+                return 0
+            wanted = {d.isoformat() for d in days}
+            merged: dict[tuple[str, str, str], Sums] = {}
+            for row in rows:
+                day = row.date.isoformat()
+                if day not in wanted:
+                    continue
+                provider = row.provider or "unknown"
+                sums = merged.setdefault((day, row.model_permaslug, provider), zero_sums())
+                _add(sums, row)
+            names = self.model_names()
+            self.conn.executemany(
+                "DELETE FROM activity WHERE key_hash = '' AND date = ? AND endpoint_id LIKE ?",
+                [(d, ANALYTICS_ENDPOINT + "%") for d in sorted(wanted)],
+            )
+            self.conn.executemany(
                 "INSERT INTO activity (key_hash, date, endpoint_id, model_permaslug, model, "
                 "provider, usage, byok_usage, requests, prompt_tokens, completion_tokens, "
                 "reasoning_tokens, first_seen, updated_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (*pk, *figures, as_of, as_of),
+                "VALUES ('', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (day, f"{ANALYTICS_ENDPOINT}{provider}", slug, names.get(slug, slug),
+                     provider, _money(s[0]), _money(s[1]), s[2], s[3], s[4], s[5], ts, ts)
+                    for (day, slug, provider), s in merged.items()
+                ],
             )
-            stats.activity_new += 1
-        elif _activity_from_row(old) != row:
-            self.conn.execute(
-                "UPDATE activity SET model = ?, provider = ?, usage = ?, byok_usage = ?, "
-                "requests = ?, prompt_tokens = ?, completion_tokens = ?, reasoning_tokens = ?, "
-                "updated_at = ? "
-                "WHERE key_hash = ? AND date = ? AND endpoint_id = ? AND model_permaslug = ?",
-                (*figures, as_of, *pk),
-            )
-            stats.activity_updated += 1
-        else:
-            stats.activity_unchanged += 1
+            for start, end in _runs(days):
+                self._cover("", start, end, ts)
+        return len(days)
+
+    def org_rows_from_keys(self, first: dt.date, last: dt.date) -> list[ActivityRow]:
+        """Org-wide day figures by model summed from key_usage (provider "unknown"), for days
+        where the analytics API gave no provider breakdown."""
+        rows = self.conn.execute(
+            "SELECT u.date, m.permaslug, SUM(u.usage), SUM(u.byok_usage), SUM(u.requests), "
+            "SUM(u.prompt_tokens), SUM(u.completion_tokens), SUM(u.reasoning_tokens) "
+            "FROM key_usage u JOIN model_ids m ON m.id = u.model_id "
+            "WHERE u.date BETWEEN ? AND ? GROUP BY u.date, m.permaslug",
+            (first.isoformat(), last.isoformat()),
+        ).fetchall()
+        return [
+            ActivityRow(dt.date.fromisoformat(d), slug, slug, "", "unknown", _from_pico(u),
+                        _from_pico(b), r, p, c, x)
+            for d, slug, u, b, r, p, c, x in rows
+        ]
 
     def _cover(self, key_hash: str, first: dt.date, last: dt.date, as_of: str) -> int:
-        days = [(key_hash, (first + DAY * i).isoformat(), as_of)
-                for i in range((last - first).days + 1)]
+        days = [(key_hash, d.isoformat(), as_of) for d in _days(first, last)]
         new = self.conn.executemany(
-            "INSERT OR IGNORE INTO coverage (key_hash, date, synced_at) VALUES (?, ?, ?)", days
+            "INSERT INTO coverage (key_hash, date, synced_at) VALUES (?, ?, ?) "
+            "ON CONFLICT (key_hash, date) DO NOTHING",
+            days,
         ).rowcount
         self.conn.execute(
             "UPDATE coverage SET synced_at = ? WHERE key_hash = ? AND date BETWEEN ? AND ? "
@@ -375,19 +697,87 @@ class Store:
         )
         return new
 
+    # --- history: reads ------------------------------------------------------------------
+
     def activity(
         self, start: dt.date, end: dt.date, key_hash: str | None = ""
     ) -> list[ActivityRow]:
-        """Rows dated `start`..`end` inclusive: org-wide (""), one key's (a hash), or every
-        key's (None)."""
-        scope = "key_hash != ''" if key_hash is None else "key_hash = ?"
-        params = () if key_hash is None else (key_hash,)
-        rows = self._rows(
-            f"SELECT * FROM activity WHERE {scope} AND date BETWEEN ? AND ? "
-            "ORDER BY date, key_hash, model, provider, endpoint_id, model_permaslug",
-            (*params, start.isoformat(), end.isoformat()),
-        )
-        return [_activity_from_row(r) for r in rows]
+        """Rows dated `start`..`end` inclusive: org-wide ("", per day and model endpoint),
+        one key's (a hash: per day and model), or every key's (None: per key and day)."""
+        if key_hash == "":
+            rows = self._rows(
+                "SELECT * FROM activity WHERE key_hash = '' AND date BETWEEN ? AND ? "
+                "ORDER BY date, model, provider, endpoint_id, model_permaslug",
+                (start.isoformat(), end.isoformat()),
+            )
+            return [_activity_from_row(r) for r in rows]
+        if key_hash is None:
+            found = self.conn.execute(
+                "SELECT k.hash, u.date, SUM(u.usage), SUM(u.byok_usage), SUM(u.requests), "
+                "SUM(u.prompt_tokens), SUM(u.completion_tokens), SUM(u.reasoning_tokens) "
+                "FROM key_usage u JOIN key_ids k ON k.id = u.key_id "
+                "WHERE u.date BETWEEN ? AND ? GROUP BY u.date, k.hash ORDER BY u.date, k.hash",
+                (start.isoformat(), end.isoformat()),
+            ).fetchall()
+            return [
+                ActivityRow(dt.date.fromisoformat(d), "", "", "", "", _from_pico(u),
+                            _from_pico(b), r, p, c, x, key_hash=h)
+                for h, d, u, b, r, p, c, x in found
+            ]
+        names = self.model_names()
+        found = self.conn.execute(
+            "SELECT u.date, m.permaslug, u.usage, u.byok_usage, u.requests, u.prompt_tokens, "
+            "u.completion_tokens, u.reasoning_tokens FROM key_usage u "
+            "JOIN key_ids k ON k.id = u.key_id JOIN model_ids m ON m.id = u.model_id "
+            "WHERE k.hash = ? AND u.date BETWEEN ? AND ? ORDER BY u.date, m.permaslug",
+            (key_hash, start.isoformat(), end.isoformat()),
+        ).fetchall()
+        return [
+            ActivityRow(dt.date.fromisoformat(d), names.get(slug, slug), slug, "", "",
+                        _from_pico(u), _from_pico(b), r, p, c, x, key_hash=key_hash)
+            for d, slug, u, b, r, p, c, x in found
+        ]
+
+    def key_period_rows(self, start: dt.date, end: dt.date) -> list[ActivityRow]:
+        """Each key's figures summed in SQL per calendar month of `start`..`end`, one row per
+        key and month, dated the first day of the month that falls in the range. For totals
+        over long ranges: a year of 5,600 keys is 67,200 rows here."""
+        found = self.conn.execute(
+            "SELECT k.hash, MIN(u.date), SUM(u.usage), SUM(u.byok_usage), SUM(u.requests), "
+            "SUM(u.prompt_tokens), SUM(u.completion_tokens), SUM(u.reasoning_tokens) "
+            "FROM key_usage u JOIN key_ids k ON k.id = u.key_id "
+            "WHERE u.date BETWEEN ? AND ? GROUP BY k.hash, substr(u.date, 1, 7)",
+            (start.isoformat(), end.isoformat()),
+        ).fetchall()
+        return [
+            ActivityRow(max(start, dt.date.fromisoformat(d).replace(day=1)), "", "", "", "",
+                        _from_pico(u), _from_pico(b), r, p, c, x, key_hash=h)
+            for h, d, u, b, r, p, c, x in found
+        ]
+
+    def key_day_sums(
+        self, start: dt.date, end: dt.date, source: int = SOURCE_ACTIVITY
+    ) -> dict[tuple[dt.date, str], Sums]:
+        """(day, key hash) -> summed figures of one source, for comparing the two APIs."""
+        found = self.conn.execute(
+            "SELECT u.date, k.hash, SUM(u.usage), SUM(u.byok_usage), SUM(u.requests), "
+            "SUM(u.prompt_tokens), SUM(u.completion_tokens), SUM(u.reasoning_tokens) "
+            "FROM key_usage u JOIN key_ids k ON k.id = u.key_id "
+            "WHERE u.date BETWEEN ? AND ? AND u.source = ? GROUP BY u.date, k.hash",
+            (start.isoformat(), end.isoformat(), source),
+        ).fetchall()
+        return {
+            (dt.date.fromisoformat(d), h): [_from_pico(u), _from_pico(b), r, p, c, x]
+            for d, h, u, b, r, p, c, x in found
+        }
+
+    def covered_key_days(self, start: dt.date, end: dt.date) -> set[tuple[str, dt.date]]:
+        """(key hash, day) pairs in `start`..`end` whose per-key /activity was fetched."""
+        found = self.conn.execute(
+            "SELECT key_hash, date FROM coverage WHERE key_hash != '' AND date BETWEEN ? AND ?",
+            (start.isoformat(), end.isoformat()),
+        ).fetchall()
+        return {(h, dt.date.fromisoformat(d)) for h, d in found}
 
     def covered_days(self, start: dt.date, end: dt.date, key_hash: str = "") -> set[dt.date]:
         """The days in `start`..`end` whose activity (for this scope) has been fetched."""
@@ -400,8 +790,7 @@ class Store:
     def missing_days(self, start: dt.date, end: dt.date, key_hash: str = "") -> list[dt.date]:
         """The days in `start`..`end` never fetched for this scope, in order."""
         covered = self.covered_days(start, end, key_hash)
-        days = (start + DAY * i for i in range((end - start).days + 1))
-        return [d for d in days if d not in covered]
+        return [d for d in _days(start, end) if d not in covered]
 
     def credits_at(self, when: dt.datetime | None = None) -> tuple[dt.datetime, Credits] | None:
         """The latest credits seen at or before `when` (None: the latest of all), with the
@@ -426,9 +815,21 @@ class Store:
         rows = self._rows("SELECT * FROM keys ORDER BY name, label, hash")
         return [_key_from_row(r) for r in rows]
 
+    def workspaces(self) -> list[Workspace]:
+        """Every workspace ever seen."""
+        rows = self._rows("SELECT * FROM workspaces ORDER BY name, id")
+        return [Workspace(r["id"], r["name"], r["slug"]) for r in rows]
+
     def key_names(self) -> dict[str, str]:
-        """Key hash -> display name, for every key ever seen."""
-        return {k.hash: k.display_name for k in self.keys()}
+        """Key hash -> display name, for every key ever seen: keys sharing a name show their
+        workspace, and spend the analytics API gave to an unknown key name has its own."""
+        names = key_labels(self.keys(), {w.id: w.display_name for w in self.workspaces()})
+        for (key_hash,) in self.conn.execute(
+            "SELECT hash FROM key_ids WHERE hash LIKE ?", (PLACEHOLDER_PREFIX + "%",)
+        ):
+            names[key_hash] = placeholder_name(key_hash) or key_hash
+        return names
+
 
     # --- outbox --------------------------------------------------------------------------
 
@@ -608,6 +1009,26 @@ class Store:
     def get_meta(self, key: str) -> str | None:
         row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return None if row is None else str(row[0])
+
+
+def _days(first: dt.date, last: dt.date) -> list[dt.date]:
+    return [first + DAY * i for i in range((last - first).days + 1)]
+
+
+def _runs(days: Sequence[dt.date]) -> list[tuple[dt.date, dt.date]]:
+    """Sorted days as runs of consecutive days."""
+    runs: list[tuple[dt.date, dt.date]] = []
+    for day in sorted(days):
+        if runs and runs[-1][1] + DAY == day:
+            runs[-1] = (runs[-1][0], day)
+        else:
+            runs.append((day, day))
+    return runs
+
+
+def _key_values(key: ApiKey) -> tuple[Any, ...]:
+    return (*(getattr(key, f) for f in KEY_TEXT),
+            *(_money_or_none(getattr(key, f)) for f in KEY_FIGURES), int(key.disabled))
 
 
 # --- rows back to models -----------------------------------------------------------------

@@ -152,5 +152,81 @@ MIGRATIONS: list[tuple[str, ...]] = [
             )
         """,
     ),
+    # 5: workspaces, and per-key history as compact day figures. Each key's spend per UTC day
+    # and model lives in key_usage, money as integer pico-dollars (1e-12 USD) so SQL sums are
+    # exact; key and model identities are small integers. Per-key /activity rows move there;
+    # key snapshots (written every sync, read by nothing) are dropped.
+    (
+        """
+        CREATE TABLE workspaces (
+                id TEXT PRIMARY KEY,
+                name TEXT NOT NULL,
+                slug TEXT NOT NULL,
+                first_seen TEXT NOT NULL,
+                last_seen TEXT NOT NULL
+            )
+        """,
+        """
+        ALTER TABLE keys ADD COLUMN workspace_id TEXT NOT NULL DEFAULT ''
+        """,
+        """
+        DROP TABLE key_snapshots
+        """,
+        """
+        CREATE TABLE key_ids (
+                id INTEGER PRIMARY KEY,
+                hash TEXT NOT NULL UNIQUE
+            )
+        """,
+        """
+        CREATE TABLE model_ids (
+                id INTEGER PRIMARY KEY,
+                permaslug TEXT NOT NULL UNIQUE,
+                model TEXT NOT NULL
+            )
+        """,
+        """
+        CREATE TABLE key_usage (
+                date TEXT NOT NULL,
+                key_id INTEGER NOT NULL,
+                model_id INTEGER NOT NULL,
+                usage INTEGER NOT NULL,
+                byok_usage INTEGER NOT NULL,
+                requests INTEGER NOT NULL,
+                prompt_tokens INTEGER NOT NULL,
+                completion_tokens INTEGER NOT NULL,
+                reasoning_tokens INTEGER NOT NULL,
+                source INTEGER NOT NULL,
+                PRIMARY KEY (date, key_id, model_id)
+            ) WITHOUT ROWID
+        """,
+        """
+        INSERT INTO key_ids (hash)
+            SELECT DISTINCT key_hash FROM activity WHERE key_hash != '' ORDER BY key_hash
+        """,
+        """
+        INSERT INTO model_ids (permaslug, model)
+            SELECT model_permaslug, MIN(model) FROM activity
+            GROUP BY model_permaslug ORDER BY model_permaslug
+        """,
+        # one-time conversion of the old decimal text; new rows are converted exactly
+        """
+        INSERT INTO key_usage (date, key_id, model_id, usage, byok_usage, requests,
+                prompt_tokens, completion_tokens, reasoning_tokens, source)
+            SELECT a.date, k.id, m.id,
+                SUM(CAST(ROUND(CAST(a.usage AS REAL) * 1000000000000) AS INTEGER)),
+                SUM(CAST(ROUND(CAST(a.byok_usage AS REAL) * 1000000000000) AS INTEGER)),
+                SUM(a.requests), SUM(a.prompt_tokens), SUM(a.completion_tokens),
+                SUM(a.reasoning_tokens), 0
+            FROM activity a
+            JOIN key_ids k ON k.hash = a.key_hash
+            JOIN model_ids m ON m.permaslug = a.model_permaslug
+            WHERE a.key_hash != ''
+            GROUP BY a.date, k.id, m.id
+        """,
+        """
+        DELETE FROM activity WHERE key_hash != ''
+        """,
+    ),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
