@@ -248,8 +248,9 @@ def test_sync_keeps_workspaces_and_history_answers_by_key_and_workspace(
 
 
 def test_check_counts_workspaces_and_keys(fake: FakeOpenRouter, app: App) -> None:
-    (name, run), *_ = checks(app)
-    assert name == "OpenRouter"
+    first = checks(app)[0]
+    assert first.name == "OpenRouter"
+    run = first.probe
     assert "3 workspaces, 12 API keys" in run() and "analytics" not in run()
     fake.analytics_status = 403
     assert "analytics API not available (403)" in run()
