@@ -7,6 +7,8 @@
     │   └── NotManagementKey  403: the key is not a management key
     ├── DataError             local history cannot answer what was asked (exit 1)
     └── DeliveryError         Slack or e-mail delivery failed (exit 1)
+        └── OutcomeUnknown    the request may have been delivered (no answer, 5xx after
+                              sending): never blindly re-sent; looked up first where possible
 
 Third-party errors are wrapped where they enter (``raise ApiError(...) from exc``).
 """
@@ -48,3 +50,8 @@ class DataError(BotError):
 
 class DeliveryError(BotError):
     """Posting to Slack or mailing failed."""
+
+
+class OutcomeUnknown(DeliveryError):
+    """The message may have been delivered: the connection dropped or timed out after the
+    request was sent, or a server error came back. It must not be re-sent blindly."""

@@ -1,11 +1,17 @@
-"""A fake Slack Web API and incoming webhook on loopback, reached through slack-sdk's base_url."""
+"""A fake Slack Web API and incoming webhook on loopback, reached through slack-sdk's base_url.
+
+Faults come in two kinds: ``fail_next`` answers instead of Slack (the request is not
+processed), ``fail_after_store`` lets the fake process the request (a post is stored) and then
+misbehaves: drops the connection, answers 5xx, answers late, holds the answer until
+``release()``, trickles it, or answers ``ok`` without a ``ts``.
+"""
 
 from __future__ import annotations
 
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler
 from typing import Any
@@ -26,7 +32,7 @@ class Call:
     method: str
     params: dict[str, Any]
     has_auth: bool
-    status: int | str
+    status: int | str  # a fault's status, or "stored+<status>" for an after-store fault
 
 
 @dataclass
@@ -43,7 +49,10 @@ class FakeSlack:
 
     def __init__(self) -> None:
         self.token = VALID_TOKEN
-        self.scopes = ["chat:write", "channels:read", "groups:read", "files:write"]
+        self.scopes = [
+            "chat:write", "channels:read", "groups:read", "files:write", "channels:history",
+            "groups:history",
+        ]
         self.channels = [
             Channel("C0000OPS", "ops"),
             Channel("C000ALERT", "alerts"),
@@ -58,6 +67,10 @@ class FakeSlack:
         self.uploads: list[dict[str, Any]] = []
         self._pending_uploads: dict[str, dict[str, Any]] = {}
         self.faults = FaultQueue()
+        self.after_store = FaultQueue()
+        self.released = threading.Event()
+        # the clock message timestamps come from (tests with a fixed clock set it to match)
+        self.clock: Callable[[], float] = time.time
         self._ts = 0
         self._lock = threading.Lock()
         self.base_url = ""
@@ -75,9 +88,24 @@ class FakeSlack:
         body: str | None = None,
         delay: float = 0.0,
     ) -> None:
-        """Make the next ``n`` calls to ``method`` answer ``status`` (or drop, or be slow)."""
+        """Make the next ``n`` calls to ``method`` answer ``status`` without processing them,
+        or ``"drop"`` the connection; ``"slow"`` processes them after ``delay`` seconds and
+        ``"hold"`` once :meth:`release` is called (a request that arrives late)."""
         self.faults.add(method, status, n, headers, body, delay)
 
+    def fail_after_store(
+        self, method: str, status: int | str, n: int = 1, body: str | None = None,
+        delay: float = 0.0,
+    ) -> None:
+        """Process the next ``n`` calls to ``method`` (a post is stored), then misbehave:
+        ``"drop"`` the connection, answer ``status`` (5xx), answer after ``delay`` seconds
+        (``"slow"``), ``"hold"`` the answer until :meth:`release`, ``"trickle"`` it one
+        byte every ``delay`` seconds, or answer ``"no_ts"`` (``ok`` without a ``ts``)."""
+        self.after_store.add(method, status, n, None, body, delay)
+
+    def release(self) -> None:
+        """Let every held answer go."""
+        self.released.set()
 
     def calls_to(self, method: str) -> list[Call]:
         return [c for c in self.calls if c.method == method]
@@ -126,9 +154,15 @@ class FakeSlack:
             return {"ok": False, "error": "not_in_channel"}
         if not params.get("text") and not params.get("blocks"):
             return {"ok": False, "error": "no_text"}
+        meta = params.get("metadata")
+        if meta is not None and not (
+            isinstance(meta, dict) and isinstance(meta.get("event_type"), str)
+            and isinstance(meta.get("event_payload"), dict)
+        ):
+            return {"ok": False, "error": "invalid_metadata_format"}
         with self._lock:
             self._ts += 1
-            ts = f"{1700000000 + self._ts}.{self._ts:06d}"
+            ts = f"{int(self.clock())}.{self._ts:06d}"
             self.posts.append({**params, "ts": ts, "channel_id": ch.id})
         message = {"type": "message", "text": params.get("text", ""), "ts": ts}
         return {"ok": True, "channel": ch.id, "ts": ts, "message": message}
@@ -177,6 +211,66 @@ class FakeSlack:
             "channels": [self._channel_json(c) for c in page],
             "response_metadata": {"next_cursor": next_cursor},
         }
+
+    def _readable(self, params: dict[str, Any], scope_for: str) -> tuple[Channel | None,
+                                                                          dict[str, Any] | None]:
+        """The channel a history call reads (by ID only, as the real API), or its error."""
+        ch = self.find_channel(str(params.get("channel", "")))
+        if ch is None or ch.id != params.get("channel") or (ch.is_private and not ch.is_member):
+            return None, {"ok": False, "error": "channel_not_found"}
+        missing = self._needs_scope("groups:history" if ch.is_private else "channels:history")
+        if missing:
+            return None, missing
+        if not ch.is_member:
+            return None, {"ok": False, "error": "not_in_channel"}
+        return ch, None
+
+    def _messages_page(self, posts: list[dict[str, Any]], params: dict[str, Any]
+                       ) -> dict[str, Any]:
+        with_meta = str(params.get("include_all_metadata", "")).lower() in ("1", "true")
+        start = int(params.get("cursor") or 0)
+        size = int(params.get("limit") or 100)
+        page = posts[start : start + size]
+        more = start + size < len(posts)
+        messages = []
+        for post in page:
+            message = {"type": "message", "ts": post["ts"], "text": post.get("text", "")}
+            if post.get("thread_ts"):
+                message["thread_ts"] = post["thread_ts"]
+            if with_meta and post.get("metadata"):
+                message["metadata"] = post["metadata"]
+            messages.append(message)
+        return {
+            "ok": True,
+            "messages": messages,
+            "has_more": more,
+            "response_metadata": {"next_cursor": str(start + size) if more else ""},
+        }
+
+    def api_conversations_history(self, params: dict[str, Any]) -> dict[str, Any]:
+        ch, error = self._readable(params, "history")
+        if ch is None:
+            return error or {}
+        oldest = float(params.get("oldest") or 0)
+        with self._lock:
+            posts = [p for p in reversed(self.posts) if p["channel_id"] == ch.id
+                     and float(p["ts"]) > oldest
+                     and (not p.get("thread_ts") or p.get("reply_broadcast"))]
+        return self._messages_page(posts, params)  # newest first, as Slack answers
+
+    def api_conversations_replies(self, params: dict[str, Any]) -> dict[str, Any]:
+        ch, error = self._readable(params, "history")
+        if ch is None:
+            return error or {}
+        parent = str(params.get("ts", ""))
+        oldest = float(params.get("oldest") or 0)
+        with self._lock:
+            posts = [p for p in self.posts if p["channel_id"] == ch.id
+                     and parent in (p["ts"], p.get("thread_ts"))
+                     and (p["ts"] == parent or float(p["ts"]) > oldest)]
+        if not posts:
+            return {"ok": False, "error": "thread_not_found"}
+        return self._messages_page(posts, params)  # parent first, then replies, oldest first
 
     def api_files_getUploadURLExternal(self, params: dict[str, Any]) -> dict[str, Any]:
         missing = self._needs_scope("files:write")
@@ -255,11 +349,14 @@ class _Handler(BaseHTTPRequestHandler):
         auth = self.headers.get("Authorization")
         fault = fake.take_fault(method)
         status: int | str = fault.status if fault else 200
+        call = Call(method, params, auth is not None, status)
         with fake._lock:
-            fake.calls.append(Call(method, params, auth is not None, status))
-        if fault is not None and fault.delay:
+            fake.calls.append(call)
+        if fault is not None and fault.delay and fault.status != "hold":
             time.sleep(fault.delay)
-        if fault is not None and fault.status != "slow":
+        if fault is not None and fault.status == "hold":
+            fake.released.wait(fault.delay or 30)  # then processed: a late arrival
+        elif fault is not None and fault.status != "slow":
             if fault.status == "drop":
                 self.close_connection = True
                 return  # the client sees the connection closed with no answer
@@ -283,6 +380,13 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             with fake._lock:
                 fake.webhook_posts.append(params)
+            after = fake.after_store.take(method)
+            if after is not None and after.status == "drop":
+                self.close_connection = True
+                return
+            if after is not None and isinstance(after.status, int):
+                self._send(after.status, "text/plain", b"Bad Gateway")
+                return
             self._send(200, "text/html", b"ok")
             return
         if method == "upload":
@@ -291,7 +395,40 @@ class _Handler(BaseHTTPRequestHandler):
             return
         answer = fake.api(method, params, auth)
         headers = {"x-oauth-scopes": ",".join(fake.scopes)}
+        after = fake.after_store.take(method)
+        if after is not None:
+            call.status = f"stored+{after.status}"
+            if after.status == "drop":
+                self.close_connection = True
+                return
+            if isinstance(after.status, int):
+                text = after.body or ("Bad Gateway" if after.status == 502 else
+                                      "Internal Server Error")
+                self._send(after.status, "text/plain", text.encode())
+                return
+            if after.status == "slow":
+                time.sleep(after.delay)
+            elif after.status == "hold":
+                fake.released.wait(after.delay or 30)
+            elif after.status == "no_ts":
+                answer = {k: v for k, v in answer.items() if k not in ("ts", "message")}
+            elif after.status == "trickle":
+                self._trickle(json.dumps(answer).encode(), after.delay)
+                return
         self._send(200, "application/json", json.dumps(answer).encode(), headers)
+
+    def _trickle(self, body: bytes, every: float) -> None:
+        """The whole answer, one byte every ``every`` seconds, until the client gives up."""
+        head = (f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n").encode()
+        self.close_connection = True
+        try:
+            for i in range(len(head + body)):
+                self.wfile.write((head + body)[i : i + 1])
+                self.wfile.flush()
+                time.sleep(every)
+        except OSError:
+            pass
 
     def _send(
         self, status: int, ctype: str, body: bytes, headers: dict[str, str] | None = None
@@ -317,4 +454,7 @@ def fake_slack() -> Iterator[FakeSlack]:
         fake.root = server.root
         fake.base_url = f"{fake.root}/api/"
         fake.webhook_url = f"{fake.root}{WEBHOOK_PATH}"
-        yield fake
+        try:
+            yield fake
+        finally:
+            fake.release()

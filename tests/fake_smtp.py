@@ -1,9 +1,17 @@
-"""Real aiosmtpd SMTP servers on loopback: plain, AUTH, STARTTLS and implicit TLS."""
+"""Real aiosmtpd SMTP servers on loopback: plain, AUTH, STARTTLS and implicit TLS.
+
+``SmtpServer.hold_after_data(n)`` makes the server store the next ``n`` messages and then
+hold the final answer to DATA until ``release()`` (a server that answers after the client's
+timeout). ``trickle_smtp`` is a server that sends its greeting one byte at a time.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
+import threading
+import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -42,8 +50,9 @@ class Received:
 
 
 class _Handler:
-    def __init__(self, messages: list[Received]) -> None:
-        self.messages = messages
+    def __init__(self, state: SmtpServer) -> None:
+        self.state = state
+        self.messages = state.messages
 
     async def handle_RCPT(  # noqa: N802
         self,
@@ -71,6 +80,9 @@ class _Handler:
                 tls=_is_tls(server, session),
             )
         )
+        if self.state.take_hold():
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(None, self.state.released.wait, 30)
         return "250 Message accepted for delivery"
 
 
@@ -117,6 +129,21 @@ class SmtpServer:
     ca_file: str | None = None
     username: str | None = None
     password: str | None = None
+    released: threading.Event = field(default_factory=threading.Event)
+    _holds: int = 0
+
+    def hold_after_data(self, n: int = 1) -> None:
+        """Store the next ``n`` messages, then answer their DATA only after ``release()``."""
+        self._holds += n
+
+    def take_hold(self) -> bool:
+        if self._holds > 0:
+            self._holds -= 1
+            return True
+        return False
+
+    def release(self) -> None:
+        self.released.set()
 
 
 @dataclass(frozen=True)
@@ -130,9 +157,9 @@ class SmtpPki:
 
 @contextmanager
 def _run(**smtp_kwargs: Any) -> Iterator[SmtpServer]:
-    messages: list[Received] = []
+    state = SmtpServer(host="127.0.0.1", port=0)
     controller = _Controller(
-        _Handler(messages),
+        _Handler(state),
         hostname="127.0.0.1",
         port=0,
         server_hostname="fake-smtp.test",
@@ -140,9 +167,11 @@ def _run(**smtp_kwargs: Any) -> Iterator[SmtpServer]:
         **smtp_kwargs,
     )
     controller.start()
+    state.port = controller.port
     try:
-        yield SmtpServer(host="127.0.0.1", port=controller.port, messages=messages)
+        yield state
     finally:
+        state.release()
         controller.stop()
 
 
@@ -202,3 +231,36 @@ def smtps_server(smtp_pki: SmtpPki) -> Iterator[SmtpServer]:
         server.ca_file = smtp_pki.ca_file
         server.username, server.password = USERNAME, PASSWORD
         yield server
+
+
+@pytest.fixture
+def trickle_smtp() -> Iterator[SmtpServer]:
+    """A server that sends "220 ..." one byte every 50 ms and never finishes its greeting."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def serve() -> None:
+        listener.settimeout(0.05)
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                for byte in b"220 fake-smtp.test ESMTP" * 100:
+                    if stop.is_set():
+                        break
+                    try:
+                        conn.sendall(bytes([byte]))
+                    except OSError:
+                        break
+                    time.sleep(0.05)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield SmtpServer(host="127.0.0.1", port=listener.getsockname()[1])
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        listener.close()

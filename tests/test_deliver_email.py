@@ -6,13 +6,14 @@ import datetime as dt
 import email.utils
 import logging
 import socket
+import time
 from email.message import EmailMessage
 
 import pytest
 
 from bot.config import EmailConfig, parse_config
 from bot.deliver.email import SmtpSender, build_mime
-from bot.errors import ConfigError, DeliveryError
+from bot.errors import ConfigError, DeliveryError, OutcomeUnknown
 from bot.models import MailMessage
 from tests.fake_smtp import REFUSED_DOMAIN, SmtpPki, SmtpServer
 
@@ -302,6 +303,44 @@ def test_unreadable_ca_file_is_config_error(smtp_tls_server: SmtpServer) -> None
     )
     with pytest.raises(ConfigError, match="email.ca_file"):
         SmtpSender(settings).send(mime(), TO)
+
+
+# -- unknown outcomes and deadlines ---------------------------------------------------------
+
+
+def test_answer_after_the_timeout_in_data_is_an_unknown_outcome(smtp_server: SmtpServer) -> None:
+    smtp_server.hold_after_data()
+    m = mime(message_id="<held@example.com>")
+
+    with pytest.raises(OutcomeUnknown) as info:
+        SmtpSender(plain(smtp_server, timeout=0.2)).send(m, TO)
+
+    assert str(info.value) == (
+        f"SMTP 127.0.0.1:{smtp_server.port}: timed out after 0.2s during DATA; the server may "
+        "have taken <held@example.com>, so it is sent again later under the same Message-ID")
+    [got] = smtp_server.messages  # it did
+    assert got.message["Message-ID"] == "<held@example.com>"
+
+
+def test_a_refusal_before_data_is_a_plain_failure(smtp_auth_server: SmtpServer) -> None:
+    with pytest.raises(DeliveryError) as info:
+        SmtpSender(plain(smtp_auth_server)).send(mime(), TO)
+    assert not isinstance(info.value, OutcomeUnknown)
+
+
+def test_the_session_deadline_ends_a_trickling_server(trickle_smtp: SmtpServer) -> None:
+    started = time.monotonic()
+    with pytest.raises(DeliveryError) as info:
+        SmtpSender(plain(trickle_smtp, timeout=2), deadline=0.3).send(mime(), TO)
+    assert time.monotonic() - started < 1.5  # the per-read timeout (2 s) never fired
+    assert not isinstance(info.value, OutcomeUnknown)  # the greeting never ended: no DATA
+    assert str(info.value) == (f"SMTP 127.0.0.1:{trickle_smtp.port} failed: no end to the "
+                               "session within 0.3s")
+
+
+def test_the_deadline_also_bounds_check(trickle_smtp: SmtpServer) -> None:
+    with pytest.raises(DeliveryError, match="no end to the session within 0.3s"):
+        SmtpSender(plain(trickle_smtp, timeout=2), deadline=0.3).check()
 
 
 # -- check ---------------------------------------------------------------------------------
