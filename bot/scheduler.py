@@ -171,7 +171,12 @@ class Daemon:
         try:
             if not self.hold_lease():
                 return False
-            outcome = fn()
+            from bot.store.heartbeat import Heartbeat
+
+            # renewed while the job runs, so a long job never outlives the lease
+            with Heartbeat(self.app.store(), self.holder, self.app.now,
+                           every=LEASE_TTL.total_seconds() / 3, leases={LEASE: LEASE_TTL}):
+                outcome = fn()
         except Exception as exc:  # noqa: BLE001 - a failing job must not stop the loop
             log.error("job %s failed in %.2fs: %s", name, time.monotonic() - started, exc)
             log.debug("job %s traceback", name, exc_info=True)

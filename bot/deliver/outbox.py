@@ -1,12 +1,18 @@
-"""Exactly-once delivery through the database outbox: record, send, mark, retry, give up.
+"""Exactly-once delivery through the database outbox: record, claim, send, mark, retry.
 
 Every message is stored (as JSON) under its idempotency key (job, period, destination) before
-it is sent. The row is marked ``sending`` and committed before the network call and ``sent``
-after it, so a crash loses nothing: a row left ``pending`` or ``sending`` is delivered on the
-next run (a ``sending`` row once it is ten minutes old, so a slow sender in another process
-is not raced). The one window for a duplicate is a crash after the provider accepted the
-message and before ``sent`` was committed (milliseconds); e-mail retries reuse the same
-Message-ID so mail clients fold such a duplicate.
+it is sent. The row is claimed (``sending``, committed) before the network call and marked
+``sent`` after it, so a crash loses nothing: a ``pending`` row is delivered by the next run,
+and a ``sending`` row whose claim has not been renewed for ``CLAIM_TTL`` (a heartbeat renews
+it while the attempt runs, however long) is taken over.
+
+An attempt that may have delivered the message without saying so (no answer, a 5xx, a crash
+or an exception mid-send) is never repeated blindly: the row is marked ``maybe_sent``, left
+alone for at least ``RETRY_BASE``, and then a Slack message is first looked for in its
+channel by the delivery tag in its metadata (found: recorded as sent with its ts); an e-mail
+is sent again under the same Message-ID (SMTP cannot be asked), and a webhook message is sent
+again (it cannot be checked): those two are at-least-once. A database error after a
+transport accepted a message is retried, and never turns the delivery into a failure.
 """
 
 from __future__ import annotations
@@ -16,13 +22,17 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import os
 import re
+import socket
 import sys
 import time
+import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from bot.errors import BotError, ConfigError, DataError
+from bot.errors import BotError, ConfigError, DataError, OutcomeUnknown
 from bot.models import (
     DeliveryState,
     Destination,
@@ -36,7 +46,7 @@ from bot.models import (
 if TYPE_CHECKING:
     from bot.config import Config
     from bot.deliver.email import SmtpSender
-    from bot.deliver.slack import SlackSender
+    from bot.deliver.slack import SlackSender, Tag
     from bot.store import Delivery, Store
 
 log = logging.getLogger(__name__)
@@ -44,6 +54,8 @@ log = logging.getLogger(__name__)
 Message = SlackMessage | MailMessage
 RETRY_BASE = dt.timedelta(minutes=1)
 RETRY_CAP = dt.timedelta(hours=1)
+HEARTBEAT_EVERY = 30.0  # seconds between renewals of a claim (CLAIM_TTL is 3 minutes)
+SENT_WRITE_TRIES = 3  # recording "sent" after a transport accepted the message
 _PLAIN_PERIOD = re.compile(r"[0-9A-Za-z.-]+")
 
 
@@ -113,6 +125,30 @@ def message_id(job: str, period: str, destination: str, attempt_key: str, sender
     return f"<{job}.{readable + '.' if readable else ''}{digest[:16]}@{domain}>"
 
 
+@dataclass(frozen=True)
+class Attempt:
+    """Which delivery a send belongs to, so that a send after a lost answer is recognised."""
+
+    key: str  # unique per delivery; a --force reset makes a new one
+    job: str
+    period: str
+    destination: str
+    created: str  # the delivery's creation stamp, part of its e-mail Message-ID
+    since: dt.datetime  # when its first attempt began
+    check_first: bool = False  # an earlier attempt may have delivered it
+
+    @classmethod
+    def of(cls, delivery: Delivery) -> Attempt:
+        created = str(delivery.created_at)
+        key = hashlib.sha256(
+            f"{delivery.job}|{delivery.period}|{delivery.destination}|{created}".encode()
+        ).hexdigest()[:24]
+        return cls(key=key, job=delivery.job, period=delivery.period,
+                   destination=delivery.destination, created=created,
+                   since=delivery.first_attempt_at or delivery.created_at,
+                   check_first=delivery.maybe_sent)
+
+
 # --- transports ---------------------------------------------------------------------------
 
 
@@ -146,16 +182,28 @@ class Transports:
         return self._smtp
 
     def send(self, destination: Destination, msg: Message, options: dict[str, Any],
-             now: dt.datetime, msg_id: str | None = None) -> str:
-        """Deliver; returns a reference (Slack ts, Message-ID) or raises a BotError."""
+             now: dt.datetime, attempt: Attempt | None = None) -> str:
+        """Deliver; returns a reference (Slack ts, Message-ID) or raises a BotError
+        (``OutcomeUnknown`` when the message may have been delivered all the same).
+
+        ``attempt`` names the delivery: a Slack message carries it in its metadata (and is
+        looked for before posting when ``attempt.check_first``), an e-mail gets its stable
+        Message-ID.
+        """
         kind = destination.kind
         if kind is DestinationKind.SLACK or kind is DestinationKind.WEBHOOK:
             if not isinstance(msg, SlackMessage):
                 raise ConfigError(f"{destination}: expected a Slack message")
+            if kind is DestinationKind.WEBHOOK and attempt is not None and attempt.check_first:
+                log.warning("%s %s to %s: an earlier attempt may have been posted; a webhook "
+                            "cannot be checked, so it is sent again (at-least-once)",
+                            attempt.job, attempt.period, destination)
             channel = destination.target if kind is DestinationKind.SLACK else "webhook"
             return self.slack().post(
                 channel, msg, thread_ts=options.get("thread_ts"),
                 reply_broadcast=bool(options.get("reply_broadcast")),
+                tag=self._tag(attempt), since=attempt.since if attempt else None,
+                check_first=attempt.check_first if attempt else False,
             )
         if kind is DestinationKind.EMAIL:
             if not isinstance(msg, MailMessage):
@@ -163,12 +211,37 @@ class Transports:
             from bot.deliver.email import build_mime
 
             smtp = self.smtp()
+            msg_id = None
+            if attempt is not None:
+                msg_id = message_id(attempt.job, attempt.period, attempt.destination,
+                                    attempt.created, self.config.email.sender)
+                if attempt.check_first:
+                    log.warning("%s %s to %s: an earlier attempt may have got through; SMTP "
+                                "cannot be asked, so it is sent again as %s (at-least-once)",
+                                attempt.job, attempt.period, destination, msg_id)
             mime = build_mime(msg, sender=self.config.email.sender,
                               recipients=[destination.target], now=now, message_id=msg_id)
             return smtp.send(mime, [destination.target])
         # stdout: the renderer gives it its terminal form, text only
         sys.stdout.write(msg.text.rstrip("\n") + "\n")
         return ""
+
+    def find(self, destination: Destination, attempt: Attempt) -> str | None:
+        """The ref of the message ``attempt`` delivered, if it can be found (a Slack channel's
+        history); None when it is not there or cannot be looked for."""
+        if destination.kind is not DestinationKind.SLACK:
+            return None
+        tag = self._tag(attempt)
+        assert tag is not None
+        return self.slack().find(destination.target, tag, attempt.since)
+
+    @staticmethod
+    def _tag(attempt: Attempt | None) -> Tag | None:
+        if attempt is None:
+            return None
+        from bot.deliver.slack import Tag
+
+        return Tag(attempt.key, attempt.job, attempt.period)
 
 
 # --- the outbox ---------------------------------------------------------------------------
@@ -177,10 +250,14 @@ class Transports:
 class Outbox:
     """Records deliveries in the store and sends them at most once each."""
 
-    def __init__(self, store: Store, transports: Transports, max_age: dt.timedelta) -> None:
+    def __init__(self, store: Store, transports: Transports, max_age: dt.timedelta, *,
+                 holder: str | None = None, sleep: Callable[[float], None] = time.sleep) -> None:
         self.store = store
         self.transports = transports
         self.max_age = max_age
+        # who claims deliveries: one per run, so its heartbeat renews its claims only
+        self.holder = holder or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.sleep = sleep  # between tries of a database write
 
     def submit(
         self,
@@ -217,6 +294,8 @@ class Outbox:
         A ConfigError (a transport that is not configured, an unreadable CA file) is not a
         delivery failure: the delivery stays pending for when the configuration is fixed and
         the outcome says ``config_error``, which the shells report as a configuration error.
+        Any other exception leaves it pending too (never ``sending``), marked as possibly
+        sent.
         """
         try:
             destination = Destination.parse(delivery.destination)
@@ -234,26 +313,108 @@ class Outbox:
             log.warning("gave up on %s %s to %s: %s", delivery.job, delivery.period,
                         delivery.destination, reason)
             return done(Status.GIVEN_UP, reason)
+        quiet_until = _unknown_quiet_until(delivery)
+        if quiet_until is not None and now < quiet_until:
+            return done(Status.FAILED, f"{delivery.last_error} (checked again, before any "
+                        f"re-send, after {quiet_until:%H:%M} UTC)")
         msg, options = decode(delivery.payload)
-        msg_id = None
-        if destination.kind is DestinationKind.EMAIL:
-            msg_id = message_id(delivery.job, delivery.period, delivery.destination,
-                                str(delivery.created_at), self.transports.config.email.sender)
-        if not self.store.outbox_begin(delivery.id, now):
-            return done(Status.IN_PROGRESS, "another run is sending it or has just sent it")
+        claimed = self.store.outbox_begin(delivery.id, now, holder=self.holder)
+        if claimed is None:
+            return self._not_claimed(delivery, destination, now, done)
+        from bot.store.heartbeat import Heartbeat
+
+        attempt = Attempt.of(claimed)
+        if attempt.check_first:
+            log.info("%s %s to %s: an earlier attempt may have delivered it", delivery.job,
+                     delivery.period, delivery.destination)
         try:
-            ref = self.transports.send(destination, msg, options, now, msg_id)
+            with Heartbeat(self.store, self.holder, _advancing(now), every=HEARTBEAT_EVERY):
+                ref = self.transports.send(destination, msg, options, now, attempt)
         except ConfigError as exc:
-            self.store.outbox_failed(delivery.id, now, str(exc))
+            self._failed(claimed, now, str(exc))
             return done(Status.CONFIG_ERROR, str(exc))
+        except OutcomeUnknown as exc:
+            self._failed(claimed, now, str(exc), maybe_sent=True)
+            log.warning("delivery of %s %s to %s may or may not have got through (checked "
+                        "before any re-send): %s", delivery.job, delivery.period,
+                        delivery.destination, exc)
+            return done(Status.FAILED, str(exc))
         except BotError as exc:
-            self.store.outbox_failed(delivery.id, now, str(exc))
+            self._failed(claimed, now, str(exc))
             log.warning("delivery of %s %s to %s failed (will retry): %s", delivery.job,
                         delivery.period, delivery.destination, exc)
             return done(Status.FAILED, str(exc))
-        self.store.outbox_sent(delivery.id, now, ref)
+        except Exception as exc:  # noqa: BLE001 - a bug mid-send must not leave it 'sending'
+            reason = f"internal error while sending ({type(exc).__name__})"
+            log.error("delivery of %s %s to %s: %s", delivery.job, delivery.period,
+                      delivery.destination, reason)
+            log.debug("delivery traceback", exc_info=True)
+            self._failed(claimed, now, reason, maybe_sent=True)
+            return done(Status.FAILED, reason)
+        except BaseException:  # interrupted mid-send: it may have gone out
+            self._failed(claimed, now, "interrupted while sending", maybe_sent=True)
+            raise
+        return self._sent(claimed, now, ref, done)
+
+    def _failed(self, delivery: Delivery, now: dt.datetime, error: str, *,
+                maybe_sent: bool = False) -> None:
+        """Back to pending; if even that cannot be written, the claim goes stale and the next
+        run takes the delivery over, looking first for what this attempt may have sent."""
+        try:
+            self.store.outbox_failed(delivery.id, now, error, maybe_sent=maybe_sent)
+        except DataError as exc:
+            log.error("could not record the failed delivery of %s %s to %s (%s): %s; it is "
+                      "taken over once its claim goes stale", delivery.job, delivery.period,
+                      delivery.destination, error, exc)
+
+    def _sent(self, delivery: Delivery, now: dt.datetime, ref: str,
+              done: Callable[..., Outcome]) -> Outcome:
+        """Record the accepted message as sent, trying again if the database is busy: it is
+        never turned into a failure. If it cannot be written at all, the row stays claimed
+        until the claim goes stale; the next run then finds the Slack message in its channel
+        (an e-mail is sent again under the same Message-ID)."""
+        for tries in range(1, SENT_WRITE_TRIES + 1):
+            try:
+                self.store.outbox_sent(delivery.id, now, ref)
+            except DataError as exc:
+                if tries == SENT_WRITE_TRIES:
+                    log.error("%s %s to %s was delivered (%s) but could not be recorded as "
+                              "sent: %s", delivery.job, delivery.period, delivery.destination,
+                              ref or "no ref", exc)
+                    return done(Status.SENT, "delivered; not yet recorded in the history "
+                                "database", ref)
+                log.warning("recording %s %s to %s as sent: %s; trying again", delivery.job,
+                            delivery.period, delivery.destination, exc)
+                self.sleep(float(tries))
+            else:
+                break
         log.debug("delivered %s %s to %s", delivery.job, delivery.period, delivery.destination)
         return done(Status.SENT, ref=ref)
+
+    def _not_claimed(self, delivery: Delivery, destination: Destination, now: dt.datetime,
+                     done: Callable[..., Outcome]) -> Outcome:
+        """Another run holds the delivery, or has finished it. A Slack message it may have
+        posted is looked for: found, it is recorded as sent (a run cut off mid-send, e.g. a
+        killed daemon, is resolved at once instead of after its claim goes stale)."""
+        current = self.store.outbox_get(delivery.job, delivery.period, delivery.destination)
+        if current is not None and current.status == DeliveryState.SENT:
+            when = f"at {current.sent_at:%Y-%m-%d %H:%M} UTC" if current.sent_at else ""
+            return done(Status.ALREADY_SENT, when, current.ref)
+        if current is not None and current.status == DeliveryState.GIVEN_UP:
+            return done(Status.GIVEN_UP, current.last_error)
+        if current is not None and current.status == DeliveryState.SENDING:
+            try:
+                found = self.transports.find(destination, Attempt.of(current))
+            except BotError as exc:
+                log.debug("could not look for %s %s in %s: %s", delivery.job, delivery.period,
+                          destination, exc)
+                found = None
+            if found is not None and self.store.outbox_found(current.id, now, found):
+                log.info("%s %s to %s: posted by a run that was cut off; found in the channel "
+                         "(ts %s)", delivery.job, delivery.period, destination, found)
+                return done(Status.SENT, "posted by an earlier run; found in the channel",
+                            found)
+        return done(Status.IN_PROGRESS, "another run is sending it or has just sent it")
 
     def flush(self, now: dt.datetime, *, jobs: tuple[str, ...] | None = None) -> list[Outcome]:
         """Retry the deliveries left pending (or mid-send by a crash) whose backoff has passed,
@@ -263,6 +424,21 @@ class Outbox:
             for d in self.store.outbox_due()
             if (jobs is None or d.job in jobs) and retry_due(d, now)
         ]
+
+
+def _unknown_quiet_until(delivery: Delivery) -> dt.datetime | None:
+    """A pending delivery whose last attempt may have got through is left alone for
+    RETRY_BASE (a slow provider may still be taking it); then it is looked up first."""
+    if (delivery.maybe_sent and delivery.status == DeliveryState.PENDING
+            and delivery.last_attempt_at is not None):
+        return delivery.last_attempt_at + RETRY_BASE
+    return None
+
+
+def _advancing(now: dt.datetime) -> Callable[[], dt.datetime]:
+    """The run's clock (`now`) moved on by the real time elapsed since: heartbeat stamps."""
+    start = time.monotonic()
+    return lambda: now + dt.timedelta(seconds=time.monotonic() - start)
 
 
 def retry_due(delivery: Delivery, now: dt.datetime) -> bool:

@@ -170,8 +170,12 @@ def run_alerts(app: App, *, dry_run: bool = False) -> AlertsResult:
     holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     if not store.lease_acquire(LEASE, holder, now, LEASE_TTL):
         raise BotError("another alerts run is in progress (its lease is held); try again shortly")
-    try:
-        return _evaluate_and_deliver(app, now, dry_run=False)
+    from bot.store.heartbeat import Heartbeat
+
+    try:  # the lease is renewed while the run lasts, however long its deliveries take
+        with Heartbeat(store, holder, app.now, every=LEASE_TTL.total_seconds() / 3,
+                       leases={LEASE: LEASE_TTL}):
+            return _evaluate_and_deliver(app, now, dry_run=False)
     finally:
         store.lease_release(LEASE, holder)
 

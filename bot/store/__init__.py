@@ -39,6 +39,9 @@ from bot.text import one_line
 
 BUSY_TIMEOUT_MS = 5000
 ERROR_MAX = 300  # characters of an error message kept on a delivery
+# a 'sending' delivery whose claim has not been renewed for this long was cut off (its sender
+# died): another run may take it over, looking first for what the dead one may have sent
+CLAIM_TTL = dt.timedelta(minutes=3)
 
 
 ACTIVITY_MONEY = ("usage", "byok_usage")
@@ -221,6 +224,10 @@ class Delivery:
     last_error: str = ""
     ref: str = ""  # Slack ts or e-mail Message-ID
     forced: int = 0  # how many times --force reset it after it was sent or given up
+    first_attempt_at: dt.datetime | None = None
+    claimed_by: str = ""  # the run holding a 'sending' row
+    heartbeat_at: dt.datetime | None = None  # when that run last renewed its claim
+    maybe_sent: bool = False  # an attempt may have delivered it: check before re-sending
 
 
 # Figures summed per group: usage, byok_usage (Decimal), then the four counts.
@@ -882,7 +889,9 @@ class Store:
                 self.conn.execute(
                     "UPDATE deliveries SET payload = ?, status = 'pending', attempts = 0, "
                     "forced = forced + 1, created_at = ?, last_attempt_at = NULL, "
-                    "sent_at = NULL, last_error = '', ref = '', updated_at = ? WHERE id = ?",
+                    "sent_at = NULL, last_error = '', ref = '', updated_at = ?, "
+                    "first_attempt_at = NULL, claimed_by = '', heartbeat_at = NULL, "
+                    "maybe_sent = 0 WHERE id = ?",
                     (payload, ts, ts, old.id),
                 )
             return self._delivery(old.id)
@@ -891,42 +900,78 @@ class Store:
         self,
         delivery_id: int,
         now: dt.datetime,
-        stale_after: dt.timedelta = dt.timedelta(minutes=10),
-    ) -> bool:
-        """Claim a delivery for one attempt (committed before the network call).
+        stale_after: dt.timedelta = CLAIM_TTL,
+        *,
+        holder: str = "",
+    ) -> Delivery | None:
+        """Claim a delivery for one attempt by `holder` (committed before the network call);
+        the claimed row, or None.
 
-        Only a pending delivery, or one left "sending" for longer than `stale_after` (its
-        sender crashed), can be claimed; returns False, changing nothing, otherwise: another
-        process is sending it right now, sent it, or gave up on it.
+        Only a pending delivery, or one left "sending" with no heartbeat for `stale_after`
+        (its sender died), can be claimed; None, changing nothing, otherwise: another run is
+        sending it right now, sent it, or gave up on it. Taking over a cut-off attempt marks
+        the delivery `maybe_sent`: that attempt may have got through.
         """
         ts = _ts(now)
         with _write(self.conn):
             cur = self.conn.execute(
                 "UPDATE deliveries SET status = 'sending', attempts = attempts + 1, "
-                "last_attempt_at = ?, updated_at = ? "
-                "WHERE id = ? AND (status = 'pending' OR "
-                "(status = 'sending' AND (last_attempt_at IS NULL OR last_attempt_at <= ?)))",
-                (ts, ts, delivery_id, _ts(now - stale_after)),
+                "last_attempt_at = ?, updated_at = ?, heartbeat_at = ?, claimed_by = ?, "
+                "first_attempt_at = COALESCE(first_attempt_at, ?), "
+                "maybe_sent = CASE WHEN status = 'sending' THEN 1 ELSE maybe_sent END "
+                "WHERE id = ? AND (status = 'pending' OR (status = 'sending' AND "
+                "COALESCE(heartbeat_at, last_attempt_at, created_at) <= ?))",
+                (ts, ts, ts, holder, ts, delivery_id, _ts(now - stale_after)),
             )
-            return cur.rowcount == 1
+            if cur.rowcount != 1:
+                return None
+            return self._delivery(delivery_id)
+
+    def outbox_heartbeat(self, holder: str, now: dt.datetime) -> int:
+        """Renew every claim `holder` holds on a 'sending' delivery; how many it holds."""
+        if not holder:
+            return 0
+        with _write(self.conn):
+            cur = self.conn.execute(
+                "UPDATE deliveries SET heartbeat_at = ? "
+                "WHERE status = 'sending' AND claimed_by = ?",
+                (_ts(now), holder),
+            )
+            return cur.rowcount
 
     def outbox_sent(self, delivery_id: int, now: dt.datetime, ref: str = "") -> None:
         ts = _ts(now)
         with _write(self.conn):
             self.conn.execute(
-                "UPDATE deliveries SET status = 'sent', sent_at = ?, ref = ?, updated_at = ? "
-                "WHERE id = ?",
+                "UPDATE deliveries SET status = 'sent', sent_at = ?, ref = ?, updated_at = ?, "
+                "claimed_by = '' WHERE id = ?",
                 (ts, ref, ts, delivery_id),
             )
 
-    def outbox_failed(self, delivery_id: int, now: dt.datetime, error: str) -> None:
-        """Back to pending (to be retried), remembering the error as one short line."""
+    def outbox_found(self, delivery_id: int, now: dt.datetime, ref: str) -> bool:
+        """Mark sent a delivery that another, cut-off run turned out to have sent (found by
+        looking it up); False if it is no longer pending or sending."""
+        ts = _ts(now)
+        with _write(self.conn):
+            cur = self.conn.execute(
+                "UPDATE deliveries SET status = 'sent', sent_at = ?, ref = ?, updated_at = ?, "
+                "claimed_by = '' WHERE id = ? AND status IN ('pending', 'sending')",
+                (ts, ref, ts, delivery_id),
+            )
+            return cur.rowcount == 1
+
+    def outbox_failed(
+        self, delivery_id: int, now: dt.datetime, error: str, *, maybe_sent: bool = False
+    ) -> None:
+        """Back to pending (to be retried), remembering the error as one short line;
+        `maybe_sent`: the attempt may have delivered it (kept until it is sent)."""
         ts = _ts(now)
         with _write(self.conn):
             self.conn.execute(
-                "UPDATE deliveries SET status = 'pending', last_error = ?, updated_at = ? "
+                "UPDATE deliveries SET status = 'pending', last_error = ?, updated_at = ?, "
+                "claimed_by = '', maybe_sent = CASE WHEN ? = 1 THEN 1 ELSE maybe_sent END "
                 "WHERE id = ?",
-                (one_line(error, ERROR_MAX), ts, delivery_id),
+                (one_line(error, ERROR_MAX), ts, int(maybe_sent), delivery_id),
             )
 
     def outbox_give_up(self, delivery_id: int, now: dt.datetime, reason: str) -> None:
@@ -982,6 +1027,22 @@ class Store:
                 "holder = excluded.holder, expires_at = excluded.expires_at "
                 "WHERE holder = excluded.holder OR expires_at <= excluded.acquired_at",
                 (name, holder, _ts(now), _ts(now + ttl)),
+            )
+            return cur.rowcount == 1
+
+    def location(self) -> str | None:
+        """The database file, for a second connection (a heartbeat thread); None in memory."""
+        row = self.conn.execute("PRAGMA database_list").fetchone()
+        return str(row[2]) if row is not None and row[2] else None
+
+    def lease_renew(
+        self, name: str, holder: str, now: dt.datetime, ttl: dt.timedelta
+    ) -> bool:
+        """Extend the lease `name` to `now + ttl` if `holder` still holds it; False if not."""
+        with _write(self.conn):
+            cur = self.conn.execute(
+                "UPDATE leases SET expires_at = ? WHERE name = ? AND holder = ?",
+                (_ts(now + ttl), name, holder),
             )
             return cur.rowcount == 1
 
@@ -1080,6 +1141,10 @@ def _delivery_from_row(r: sqlite3.Row) -> Delivery:
         last_error=r["last_error"],
         ref=r["ref"],
         forced=r["forced"],
+        first_attempt_at=_dt_or_none(r["first_attempt_at"]),
+        claimed_by=r["claimed_by"],
+        heartbeat_at=_dt_or_none(r["heartbeat_at"]),
+        maybe_sent=bool(r["maybe_sent"]),
     )
 
 

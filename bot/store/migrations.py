@@ -228,5 +228,16 @@ MIGRATIONS: list[tuple[str, ...]] = [
         DELETE FROM activity WHERE key_hash != ''
         """,
     ),
+    # 6: delivery claims held by a heartbeat, and attempts whose outcome is unknown
+    (
+        # when the first attempt began: a lost Slack post is looked for from then on
+        "ALTER TABLE deliveries ADD COLUMN first_attempt_at TEXT",
+        # who claimed the 'sending' row, and when it last said it is still at it
+        "ALTER TABLE deliveries ADD COLUMN claimed_by TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE deliveries ADD COLUMN heartbeat_at TEXT",
+        # 1 once an attempt may have delivered it: look (or keep the Message-ID) before
+        # sending it again
+        "ALTER TABLE deliveries ADD COLUMN maybe_sent INTEGER NOT NULL DEFAULT 0",
+    ),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
