@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP_RUN := $(VENV)/.installed-run
 STAMP_TEST := $(VENV)/.installed-test
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench clean postgres-server
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -27,8 +27,22 @@ lint: $(STAMP_TEST)
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
-test: lint
+test: lint postgres-server
 	$(VENV)/bin/pytest
+
+# The store's tests also run on a throw-away PostgreSQL server that they start themselves
+# (tests/pg_server.py) from the server binaries; as root on Debian/Ubuntu, install them where
+# missing. Without them the PostgreSQL tests fail (they never skip silently).
+postgres-server:
+	@ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || command -v pg_ctl >/dev/null 2>&1 \
+	|| if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing the PostgreSQL server for the tests (apt-get install postgresql)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+			apt-get install -y -qq --no-install-recommends postgresql >/dev/null; \
+	else \
+		echo "PostgreSQL server binaries not found: install postgresql (the tests need it)" >&2; \
+		exit 1; \
+	fi
 
 bench: $(STAMP_TEST)
 	$(PY) bench/bench_report.py

@@ -73,6 +73,10 @@ class App:
         if self._store is None:
             from bot.store import Store, connect
 
+            if self.config.storage_url:
+                log.debug("opening history database %s", self.storage_name())
+                self._store = Store(connect(self.config.storage_url))
+                return self._store
             path = self.config.storage_path
             log.debug("opening history database %s", path)
             try:
@@ -82,10 +86,20 @@ class App:
         return self._store
 
     def existing_store(self) -> Store | None:
-        """The history database if it exists already (reports never create one)."""
-        if self._store is None and not Path(self.config.storage_path).exists():
+        """The history database if it exists already (reports never create one; a
+        PostgreSQL database always exists)."""
+        if (self._store is None and not self.config.storage_url
+                and not Path(self.config.storage_path).exists()):
             return None
         return self.store()
+
+    def storage_name(self) -> str:
+        """The history database for messages: its path, or its URL without the password."""
+        if self.config.storage_url:
+            from bot.store.backend import redact_url
+
+            return redact_url(self.config.storage_url)
+        return str(self.config.storage_path)
 
     def close(self) -> None:
         if self._store is not None:
@@ -100,5 +114,16 @@ class App:
             self.config.slack.token,
             self.config.slack.webhook_url,
             self.config.email.password,
+            *_url_password(self.config.storage_url),
         ]
         return [v for v in values if isinstance(v, str) and v]
+
+
+def _url_password(url: str | None) -> list[str]:
+    """The password in a database URL, as written and percent-decoded."""
+    from urllib.parse import unquote
+
+    from bot.store.backend import url_password
+
+    password = url_password(url) if url else None
+    return [password, unquote(password)] if password else []

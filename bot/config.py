@@ -135,6 +135,8 @@ class Config:
     openrouter: OpenRouterConfig = field(default_factory=OpenRouterConfig)
     timezone: str = "UTC"
     storage_path: Path = field(default_factory=lambda: default_storage_path())
+    storage_url: str | None = None  # postgresql://...: used instead of the SQLite file
+    lease_ttl: dt.timedelta = dt.timedelta(seconds=90)
     slack: SlackConfig = field(default_factory=SlackConfig)
     email: EmailConfig = field(default_factory=EmailConfig)
     daily: ReportConfig = field(default_factory=ReportConfig)
@@ -310,6 +312,14 @@ def _destinations(value: Any, path: str) -> tuple[Destination, ...]:
     return tuple(parse_destination(d, f"{path}[{i}]") for i, d in enumerate(value))
 
 
+def _database_url(value: Any, path: str) -> str:
+    text = _str(value, path).strip()
+    if text.split(":", 1)[0].lower() not in ("postgresql", "postgres") or "://" not in text:
+        raise ConfigError(f"{path}: expected a postgresql://user@host/database URL "
+                          "(for SQLite set storage.path instead)")
+    return text
+
+
 def _choice(*options: str) -> Callable[[Any, str], Any]:
     def conv(value: Any, path: str) -> str:
         if value not in options:
@@ -461,6 +471,12 @@ def parse_config(
 
     storage = root.section("storage")
     storage_path = storage.get("path", _str)
+    storage_url = storage.get("url", _database_url)
+    if "url" in storage.data and storage_url is None:
+        raise ConfigError("storage.url: empty, or an environment variable in it is not set")
+    if storage_path and storage_url:
+        raise ConfigError("storage: set either path (SQLite) or url (PostgreSQL), not both")
+    lease_ttl = storage.get("lease", _duration, dt.timedelta(seconds=90))
     storage.finish()
 
     reports = root.section("reports")
@@ -474,6 +490,8 @@ def parse_config(
         openrouter=openrouter,
         timezone=root.get("timezone", _timezone, "UTC"),
         storage_path=Path(storage_path).expanduser() if storage_path else default_storage_path(),
+        storage_url=storage_url,
+        lease_ttl=lease_ttl,
         slack=slack,
         email=email,
         daily=daily,

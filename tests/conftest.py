@@ -7,7 +7,9 @@ from collections.abc import Iterator
 
 import pytest
 
-pytest_plugins = ["tests.fake_openrouter", "tests.fake_slack", "tests.fake_smtp"]
+pytest_plugins = [
+    "tests.fake_openrouter", "tests.fake_slack", "tests.fake_smtp", "tests.pg_server",
+]
 
 
 @pytest.fixture(autouse=True)

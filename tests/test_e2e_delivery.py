@@ -2,6 +2,7 @@
 
 Everything talks over loopback sockets: httpx to the OpenRouter fake, slack-sdk to the Slack
 fake through `slack.base_url`, smtplib with STARTTLS (a throw-away CA) and AUTH to aiosmtpd.
+Each test runs with the history in SQLite and in PostgreSQL (`storage.url`).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ EVIL = "<!channel> <@U1> <https://evil.example|click> <script>alert(1)</script>"
 
 @pytest.fixture()
 def world(fake_openrouter: FakeOpenRouter, fake_slack: FakeSlack, smtp_tls_server: SmtpServer,
-          tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+          tmp_path: Path, monkeypatch: pytest.MonkeyPatch, db_target: str) -> dict[str, Any]:
     org = sample_org(last_day=YESTERDAY, days=14)
     org["keys"][1]["name"] = EVIL  # a key with a limit, so key_limit alerts name it too
     fake_openrouter.credits = org["credits"]
@@ -41,7 +42,7 @@ def world(fake_openrouter: FakeOpenRouter, fake_slack: FakeSlack, smtp_tls_serve
     fake_openrouter.keys = org["keys"]
     config = tmp_path / "config.yaml"
     config.write_text(f"""
-storage: {{path: {tmp_path / "history.db"}}}
+storage: {{{"url" if db_target.startswith("postgresql:") else "path"}: "{db_target}"}}
 slack:
   token: ${{SLACK_BOT_TOKEN}}
   base_url: {fake_slack.base_url}
@@ -77,7 +78,21 @@ alerts:
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     return {"or": fake_openrouter, "slack": fake_slack, "smtp": smtp_tls_server,
-            "config": config, "env": env, "tmp": tmp_path}
+            "config": config, "env": env, "tmp": tmp_path, "db": db_target}
+
+
+def history_written(target: str) -> bool:
+    """Whether anything was stored: a SQLite file exists, or PostgreSQL tables hold rows."""
+    if not target.startswith("postgresql:"):
+        return Path(target).exists()
+    from bot.store.backend import open_db
+
+    db = open_db(target)
+    try:
+        return any(db.value(f"SELECT count(*) FROM {t}") for t in db.tables()
+                   if t != "schema_migrations")
+    finally:
+        db.close()
 
 
 def no_wait(seconds: float) -> None:
@@ -278,7 +293,7 @@ def test_alerts_dry_run_changes_nothing(world, capsys) -> None:
     assert code == 0 and "FIRE" in out and "dry run" in out
     assert '"blocks"' in out and "Subject: Alert: OpenRouter credits are low" in out
     assert world["slack"].posts == []
-    assert not (world["tmp"] / "history.db").exists()  # no state, no history written
+    assert not history_written(world["db"])  # no state, no history written
     code, out, _ = cli(capsys, "alerts")
     assert code == 0 and "FIRE" in out and ": sent" in out
     assert world["slack"].posts

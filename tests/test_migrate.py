@@ -1,4 +1,7 @@
-"""Schema migrations: from empty, re-run, forward from version 1 keeping data, bad databases."""
+"""Schema migrations: from empty, re-run, forward from version 1 keeping data, bad databases.
+
+The portable tests run on each backend (SQLite and PostgreSQL); a few are about SQLite files.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ import pytest
 from bot.errors import DataError
 from bot.models import Credits
 from bot.store import MIGRATIONS, SCHEMA_VERSION, Store, connect, migrate
+from bot.store.backend import Db, open_db
 
 TABLES = {"schema_migrations", "credits", "activity", "coverage", "keys", "meta", "deliveries",
           "alerts", "leases", "workspaces", "key_ids", "model_ids", "key_usage"}
@@ -22,7 +26,7 @@ def tables(conn: sqlite3.Connection) -> set[str]:
     return {name for (name,) in rows if not name.startswith("sqlite_")}
 
 
-def versions(conn: sqlite3.Connection) -> list[int]:
+def versions(conn: sqlite3.Connection | Db) -> list[int]:
     return [v for (v,) in conn.execute("SELECT version FROM schema_migrations ORDER BY version")]
 
 
@@ -48,13 +52,41 @@ def test_migrate_works_on_a_default_python_connection() -> None:
     assert Store(conn).get_meta("k") == "v"
 
 
-def test_rerun_is_a_noop() -> None:
-    conn = connect(":memory:")
-    before = conn.execute("SELECT * FROM schema_migrations").fetchall()
+def test_migrate_from_empty_on_each_backend(db_target: str) -> None:
+    db = open_db(db_target)  # opened, not migrated
+    assert db.tables() == [] and db.schema_version() == 0
+    assert migrate(db) == SCHEMA_VERSION
+    assert set(db.tables()) == TABLES
+    assert versions(db) == list(range(1, SCHEMA_VERSION + 1))
+    assert db.schema_version() == SCHEMA_VERSION
+    applied = db.execute("SELECT applied_at FROM schema_migrations").fetchall()
+    assert all(dt.datetime.fromisoformat(a) for (a,) in applied)
+    db.close()
+
+
+def test_rerun_is_a_noop(db_target: str) -> None:
+    conn = connect(db_target)
+    before = [tuple(r) for r in conn.execute("SELECT * FROM schema_migrations").fetchall()]
     assert migrate(conn) == SCHEMA_VERSION
     assert migrate(conn) == SCHEMA_VERSION
     Store(conn)  # the store migrates on construction too
-    assert conn.execute("SELECT * FROM schema_migrations").fetchall() == before
+    other = connect(db_target)  # a new process
+    assert other.schema_version() == SCHEMA_VERSION
+    other.close()
+    assert [tuple(r) for r in conn.execute("SELECT * FROM schema_migrations")] == before
+    conn.close()
+
+
+def test_integers_are_64_bit_on_each_backend(db_target: str) -> None:
+    store = Store(connect(db_target))
+    big = 2**40  # a month of tokens for a busy org does not fit 32 bits
+    store.conn.execute(
+        "INSERT INTO activity VALUES ('', '2024-05-01', 'ep1', 'm-1', 'm', 'P', '1', '0', "
+        "?, ?, 0, 0, '2024-05-02T00:00:00.000000+00:00', '2024-05-02T00:00:00.000000+00:00')",
+        (big, big + 1))
+    (row,) = store.activity(dt.date(2024, 5, 1), dt.date(2024, 5, 1))
+    assert (row.requests, row.prompt_tokens) == (big, big + 1)
+    store.conn.close()
 
 
 def test_connect_file_creates_directories_wal_and_pragmas(tmp_path: Path) -> None:
@@ -71,12 +103,12 @@ def test_connect_file_creates_directories_wal_and_pragmas(tmp_path: Path) -> Non
     again.close()
 
 
-def test_version_1_database_migrates_forward_keeping_data(tmp_path: Path) -> None:
-    path = tmp_path / "old.db"
-    old = sqlite3.connect(path, isolation_level=None)
+def test_version_1_database_migrates_forward_keeping_data(db_target: str) -> None:
+    path = db_target
+    old = open_db(path)
     assert migrate(old, target=1) == 1
-    assert tables(old) == {"schema_migrations", "credits", "activity", "coverage", "keys",
-                           "key_snapshots", "meta"}
+    assert set(old.tables()) == {"schema_migrations", "credits", "activity", "coverage", "keys",
+                                 "key_snapshots", "meta"}
     old.execute(
         "INSERT INTO credits (first_seen, last_seen, total_credits, total_usage) "
         "VALUES ('2024-05-01T00:00:00.000000+00:00', '2024-05-02T00:00:00.000000+00:00', "
@@ -91,9 +123,9 @@ def test_version_1_database_migrates_forward_keeping_data(tmp_path: Path) -> Non
     old.close()
 
     conn = connect(path)
-    assert user_version(conn) == SCHEMA_VERSION
+    assert conn.schema_version() == SCHEMA_VERSION
     assert versions(conn) == list(range(1, SCHEMA_VERSION + 1))
-    assert tables(conn) == TABLES
+    assert set(conn.tables()) == TABLES
     store = Store(conn)
     got = store.credits_at()
     assert got is not None
@@ -134,11 +166,17 @@ def test_version_4_per_key_rows_move_to_key_usage_exactly(tmp_path: Path) -> Non
     store.conn.close()
 
 
-def test_newer_database_is_refused() -> None:
-    conn = sqlite3.connect(":memory:", isolation_level=None)
-    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+def test_newer_database_is_refused(db_target: str) -> None:
+    db = connect(db_target)
+    with db.write():  # a newer program migrated it further
+        db.execute("INSERT INTO schema_migrations (version, applied_at) VALUES (?, 'x')",
+                   (SCHEMA_VERSION + 1,))
+        db.set_schema_version(SCHEMA_VERSION + 1)
     with pytest.raises(DataError, match="newer"):
-        migrate(conn)
+        migrate(db)
+    with pytest.raises(DataError, match="newer"):
+        connect(db_target)
+    db.close()
 
 
 def test_not_a_database_is_a_data_error(tmp_path: Path) -> None:
@@ -148,13 +186,14 @@ def test_not_a_database_is_a_data_error(tmp_path: Path) -> None:
         connect(path)
 
 
-def test_failed_migration_rolls_back(monkeypatch: pytest.MonkeyPatch) -> None:
-    conn = sqlite3.connect(":memory:", isolation_level=None)
+def test_failed_migration_rolls_back(db_target: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    conn = open_db(db_target)
     migrate(conn, target=1)
-    broken = ("CREATE TABLE fine (x)", "CREATE TABLE broken (")
+    broken = ("CREATE TABLE fine (x TEXT)", "CREATE TABLE broken (")
     monkeypatch.setattr("bot.store.MIGRATIONS", [MIGRATIONS[0], broken])
     with pytest.raises(DataError, match="history database is busy or unusable"):
         migrate(conn, target=2)
-    assert user_version(conn) == 1
+    assert conn.schema_version() == 1
     assert versions(conn) == [1]
-    assert "fine" not in tables(conn)
+    assert "fine" not in conn.tables()
+    conn.close()

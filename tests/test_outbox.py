@@ -1,5 +1,5 @@
 """The outbox: idempotency, --force, retry after failure, claims and their heartbeat, unknown
-outcomes, crash windows, give-up.
+outcomes, crash windows, give-up; on SQLite and PostgreSQL.
 
 `RecordingTransports` stands in for Slack: a channel it "posts" to remembers each message by
 its delivery key, and `check_first` looks there before posting, as the Slack sender does.
@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import sqlite3
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from bot.errors import ConfigError, DeliveryError, OutcomeUnknown
 from bot.models import Destination, MailMessage, SlackMessage, Status
 from bot.store import CLAIM_TTL, Store, connect
 from bot.store.heartbeat import Heartbeat
+from tests.pg_server import make_target
 
 T0 = dt.datetime(2026, 11, 25, 9, 0, tzinfo=dt.UTC)
 MINUTE = dt.timedelta(minutes=1)
@@ -66,11 +68,13 @@ class RecordingTransports(Transports):
         return self.channel.get(attempt.key)
 
 
-@pytest.fixture()
-def box() -> tuple[Outbox, RecordingTransports, Store]:
-    store = Store(connect(":memory:"))
+@pytest.fixture(params=["memory", "postgresql"])
+def box(request: pytest.FixtureRequest,
+        tmp_path: Path) -> Iterator[tuple[Outbox, RecordingTransports, Store]]:
+    store = Store(connect(make_target(request.param, request, tmp_path)))
     transports = RecordingTransports()
-    return Outbox(store, transports, dt.timedelta(hours=24)), transports, store
+    yield Outbox(store, transports, dt.timedelta(hours=24)), transports, store
+    store.conn.close()
 
 
 def test_payload_round_trip() -> None:

@@ -1,4 +1,7 @@
-"""The store: snapshots, coverage, credits history, keys, outbox, alert state, leases, meta."""
+"""The store: snapshots, coverage, credits history, keys, outbox, alert state, leases, meta.
+
+Every test runs on each backend: SQLite in memory and in a file, and PostgreSQL.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ import pytest
 from bot.errors import DataError
 from bot.models import ActivityRow, ApiKey, Credits, Snapshot
 from bot.store import AlertState, Store, SyncStats, connect
+from tests.pg_server import make_target
 
 UTC = dt.UTC
 T0 = dt.datetime(2024, 5, 31, 12, 0, tzinfo=UTC)
@@ -22,9 +26,9 @@ DAY = dt.timedelta(days=1)
 TINY = Decimal("0.000000123456789")
 
 
-@pytest.fixture(params=["memory", "file"])
+@pytest.fixture(params=["memory", "sqlite", "postgresql"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    conn = connect(":memory:" if request.param == "memory" else tmp_path / "h" / "history.db")
+    conn = connect(make_target(request.param, request, tmp_path))
     yield Store(conn)
     conn.close()
 
@@ -288,8 +292,8 @@ def test_outbox_give_up_and_force(store: Store) -> None:
     assert (back.status, back.forced) == ("pending", 1)
 
 
-def test_outbox_crash_mid_send_is_due(tmp_path: Path) -> None:
-    path = tmp_path / "history.db"
+def test_outbox_crash_mid_send_is_due(db_target: str) -> None:
+    path = db_target
     conn = connect(path)
     first = Store(conn)
     old = first.outbox_put("daily", "2024-05-29", "slack:#spend", "{}", T0 - DAY)
@@ -329,9 +333,8 @@ def test_alert_state_round_trip(store: Store) -> None:
 # --- leases ------------------------------------------------------------------------------
 
 
-def test_lease_between_two_connections(tmp_path: Path) -> None:
-    path = tmp_path / "history.db"
-    a, b = Store(connect(path)), Store(connect(path))
+def test_lease_between_two_connections(db_target: str) -> None:
+    a, b = Store(connect(db_target)), Store(connect(db_target))
     ttl = dt.timedelta(minutes=5)
     assert a.lease_acquire("scheduler", "host-a:1", T0, ttl)
     assert not b.lease_acquire("scheduler", "host-b:2", T0 + dt.timedelta(minutes=1), ttl)
@@ -348,14 +351,12 @@ def test_lease_between_two_connections(tmp_path: Path) -> None:
     b.conn.close()
 
 
-def test_lease_waits_for_a_writer_instead_of_failing(tmp_path: Path) -> None:
-    path = tmp_path / "history.db"
-    a, b = Store(connect(path)), Store(connect(path))
-    b.conn.execute("PRAGMA busy_timeout = 50")
-    a.conn.execute("BEGIN IMMEDIATE")  # another process mid-write
-    with pytest.raises(DataError, match="locked"):  # one clear error, not sqlite's
-        b.lease_acquire("scheduler", "b", T0, HOUR)
-    a.conn.execute("COMMIT")
+def test_lease_waits_for_a_writer_instead_of_failing(db_target: str) -> None:
+    a, b = Store(connect(db_target)), Store(connect(db_target))
+    b.conn.set_busy_timeout(50)
+    with a.conn.write():  # another process mid-write
+        with pytest.raises(DataError, match="locked"):  # one clear error, not the driver's
+            b.lease_acquire("scheduler", "b", T0, HOUR)
     assert b.lease_acquire("scheduler", "b", T0, HOUR)
     assert not b.conn.in_transaction
     a.conn.close()

@@ -78,9 +78,9 @@ def checks(app: App) -> list[Check]:
     def history() -> str:
         store = app.existing_store()  # checking creates nothing
         if store is None:
-            return f"{cfg.storage_path} not created yet (the first sync or send creates it)"
+            return f"{app.storage_name()} not created yet (the first sync or send creates it)"
         last = store.last_sync_at()
-        return f"{cfg.storage_path} (last sync: {fmt.as_of(last) if last else 'never'})"
+        return f"{app.storage_name()} (last sync: {fmt.as_of(last) if last else 'never'})"
 
     out.append(Check("History database", history))
     dests = _all_destinations(app)

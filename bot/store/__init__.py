@@ -1,4 +1,7 @@
-"""The only owner of SQL: the SQLite history, its migrations, the outbox, alert state, leases.
+"""The only owner of SQL: the history, its migrations, the outbox, alert state, leases.
+
+One store on either backend (`bot.store.backend`: SQLite, the embedded default, or
+PostgreSQL for more than one machine); the SQL here is written once for both.
 
 History keeps org-wide activity rows as the API sent them (money as exact decimal text), and
 each key's spend per UTC day and model in `key_usage` (money as integer pico-dollars, so sums
@@ -13,7 +16,7 @@ import json
 import os
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, replace
 from decimal import ROUND_HALF_EVEN, Context, Decimal
 from pathlib import Path
@@ -34,10 +37,14 @@ from bot.models import (
     key_labels,
     placeholder_name,
 )
-from bot.store.migrations import MIGRATIONS, SCHEMA_VERSION
+from bot.store.backend import BUSY_TIMEOUT_MS, Db, is_postgres_url, open_db, redact_url
+from bot.store.migrations import MIGRATIONS, SCHEMA_VERSION, PerDialect
 from bot.text import one_line
 
-BUSY_TIMEOUT_MS = 5000
+__all__ = [
+    "BUSY_TIMEOUT_MS", "MIGRATIONS", "SCHEMA_VERSION", "AlertState", "Db", "Delivery", "Store",
+    "SyncStats", "connect", "is_postgres_url", "migrate", "redact_url",
+]
 ERROR_MAX = 300  # characters of an error message kept on a delivery
 # a 'sending' delivery whose claim has not been renewed for this long was cut off (its sender
 # died): another run may take it over, looking first for what the dead one may have sent
@@ -107,81 +114,62 @@ def _quote(column: str) -> str:
 # --- connection and migrations -----------------------------------------------------------
 
 
-@contextmanager
-def _write(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+def _write(conn: Db) -> AbstractContextManager[Db]:
     """One write transaction, taking the write lock up front (no read-then-write races).
 
     A database still locked after the busy timeout, or otherwise unusable, is a DataError.
     """
-    try:
-        with conn:
-            conn.execute("BEGIN IMMEDIATE")
-            yield conn
-    except sqlite3.OperationalError as exc:
-        raise DataError(f"history database is busy or unusable: {exc}") from exc
+    return conn.write()
 
 
-def _user_version(conn: sqlite3.Connection) -> int:
-    return int(conn.execute("PRAGMA user_version").fetchone()[0])
-
-
-def migrate(conn: sqlite3.Connection, *, target: int | None = None) -> int:
+def migrate(conn: Db | sqlite3.Connection, *, target: int | None = None) -> int:
     """Apply the migrations not yet applied (up to `target`), each in its own transaction.
 
-    Returns the schema version. Running it again is a no-op.
+    Returns the schema version. Running it again is a no-op; two processes starting at once
+    apply each migration once (the second waits for the write lock, then sees it applied).
     """
+    db = open_db(conn)
     target = SCHEMA_VERSION if target is None else target
-    version = _user_version(conn)
+    version = db.schema_version()
     if version > SCHEMA_VERSION:
         raise DataError(
             f"history database has schema version {version}, newer than this program's "
             f"{SCHEMA_VERSION}: upgrade openrouter-usage"
         )
     while version < target:
-        with _write(conn):
-            version = _user_version(conn)  # another process may have got here first
+        with db.write():
+            version = db.schema_version()  # another process may have got here first
             if version >= target:
                 break
-            conn.execute(
+            db.execute(db.ddl(
                 "CREATE TABLE IF NOT EXISTS schema_migrations "
                 "(version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)"
-            )
+            ))
             for statement in MIGRATIONS[version]:
-                conn.execute(statement)
+                if isinstance(statement, PerDialect):
+                    db.execute(statement.for_dialect(db.dialect))
+                else:
+                    db.execute(db.ddl(statement))
             version += 1
-            # applied_at is an audit note from SQLite's clock, not an input to any logic
-            conn.execute(
-                "INSERT INTO schema_migrations (version, applied_at) "
-                "VALUES (?, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))",
+            # applied_at is an audit note from the database's clock, not an input to any logic
+            db.execute(
+                f"INSERT INTO schema_migrations (version, applied_at) VALUES (?, {db.now_sql})",
                 (version,),
             )
-            conn.execute(f"PRAGMA user_version = {version:d}")
+            db.set_schema_version(version)
     return version
 
 
-def connect(path: str | os.PathLike[str]) -> sqlite3.Connection:
-    """Open (creating if needed) and migrate the history database; ":memory:" works."""
-    memory = str(path) == ":memory:"
-    if not memory:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
+def connect(target: str | os.PathLike[str]) -> Db:
+    """Open (creating if needed) and migrate the history database: a SQLite path (":memory:"
+    works) or a postgresql:// URL."""
+    db = open_db(target if isinstance(target, str) else Path(target))
     try:
-        # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE ... COMMIT)
-        conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
-    except sqlite3.Error as exc:
-        raise DataError(f"cannot open history database {path}: {exc}") from exc
-    try:
-        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS:d}")
-        conn.execute("PRAGMA foreign_keys = ON")
-        if not memory:
-            conn.execute("PRAGMA journal_mode = WAL")
-        migrate(conn)
-    except sqlite3.Error as exc:
-        conn.close()
-        raise DataError(f"cannot use history database {path}: {exc}") from exc
+        migrate(db)
     except BaseException:
-        conn.close()
+        db.close()
         raise
-    return conn
+    return db
 
 
 # --- records -----------------------------------------------------------------------------
@@ -385,24 +373,22 @@ def _usage_values(
 
 
 class Store:
-    """History, outbox, alert state, leases and meta on one SQLite connection."""
+    """History, outbox, alert state, leases and meta on one database connection."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self.conn = conn
-        migrate(conn)
+    def __init__(self, conn: Db | sqlite3.Connection) -> None:
+        self.conn: Db = open_db(conn)
+        migrate(self.conn)
         self._key_ids: dict[str, int] | None = None
         self._model_ids: dict[str, int] | None = None
         self._model_names: dict[str, str] = {}
         self._pending_names: dict[str, str] = {}
 
-    def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
-        cur = self.conn.cursor()
-        cur.row_factory = sqlite3.Row
-        return cur.execute(sql, params).fetchall()
+    def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        """Rows read by column name (``r["usage"]``) or position."""
+        return self.conn.rows(sql, params)
 
-    def _row(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Row | None:
-        rows = self._rows(sql, params)
-        return rows[0] if rows else None
+    def _row(self, sql: str, params: Sequence[Any] = ()) -> Any | None:
+        return self.conn.row(sql, params)
 
     # --- small identities ----------------------------------------------------------------
 
@@ -464,7 +450,7 @@ class Store:
     # --- history: writes -----------------------------------------------------------------
 
     @contextmanager
-    def _writing(self) -> Iterator[sqlite3.Connection]:
+    def _writing(self) -> Iterator[Db]:
         try:
             with _write(self.conn) as conn:
                 yield conn
@@ -525,7 +511,8 @@ class Store:
             and Decimal(row["total_usage"]) == credits.total_usage
         ):
             self.conn.execute(
-                "UPDATE credits SET last_seen = max(last_seen, ?) WHERE id = ?", (as_of, row["id"])
+                "UPDATE credits SET last_seen = ? WHERE id = ? AND last_seen < ?",
+                (as_of, row["id"], as_of),
             )
             return False
         self.conn.execute(
@@ -585,7 +572,7 @@ class Store:
         merged = _merge(rows, "")
         if merged:
             days = [pk[1] for pk in merged]
-            held: dict[tuple[str, ...], sqlite3.Row] = {
+            held: dict[tuple[str, ...], Any] = {
                 (r["key_hash"], r["date"], r["endpoint_id"], r["model_permaslug"]): r
                 for r in self._rows(
                     "SELECT * FROM activity WHERE key_hash = '' AND date BETWEEN ? AND ?",
@@ -873,13 +860,12 @@ class Store:
         with _write(self.conn):
             old = self.outbox_get(job, period, destination)
             if old is None:
-                cur = self.conn.execute(
+                new_id = self.conn.insert(
                     "INSERT INTO deliveries (job, period, destination, payload, status, "
                     "created_at, updated_at) VALUES (?, ?, ?, ?, 'pending', ?, ?)",
                     (job, period, destination, payload, ts, ts),
                 )
-                assert cur.lastrowid is not None
-                return self._delivery(cur.lastrowid)
+                return self._delivery(new_id)
             if old.status == "pending":
                 self.conn.execute(
                     "UPDATE deliveries SET payload = ?, updated_at = ? WHERE id = ?",
@@ -1022,10 +1008,11 @@ class Store:
             cur = self.conn.execute(
                 "INSERT INTO leases (name, holder, acquired_at, expires_at) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT (name) DO UPDATE SET "
-                "acquired_at = CASE WHEN holder = excluded.holder THEN acquired_at "
-                "ELSE excluded.acquired_at END, "
+                "acquired_at = CASE WHEN leases.holder = excluded.holder "
+                "THEN leases.acquired_at ELSE excluded.acquired_at END, "
                 "holder = excluded.holder, expires_at = excluded.expires_at "
-                "WHERE holder = excluded.holder OR expires_at <= excluded.acquired_at",
+                "WHERE leases.holder = excluded.holder "
+                "OR leases.expires_at <= excluded.acquired_at",
                 (name, holder, _ts(now), _ts(now + ttl)),
             )
             return cur.rowcount == 1
@@ -1095,7 +1082,7 @@ def _key_values(key: ApiKey) -> tuple[Any, ...]:
 # --- rows back to models -----------------------------------------------------------------
 
 
-def _activity_from_row(r: sqlite3.Row) -> ActivityRow:
+def _activity_from_row(r: Any) -> ActivityRow:
     return ActivityRow(
         date=dt.date.fromisoformat(r["date"]),
         model=r["model"],
@@ -1112,11 +1099,11 @@ def _activity_from_row(r: sqlite3.Row) -> ActivityRow:
     )
 
 
-def _credits_from_row(r: sqlite3.Row) -> Credits:
+def _credits_from_row(r: Any) -> Credits:
     return Credits(Decimal(r["total_credits"]), Decimal(r["total_usage"]))
 
 
-def _key_from_row(r: sqlite3.Row) -> ApiKey:
+def _key_from_row(r: Any) -> ApiKey:
     figures: dict[str, Any] = {f: _dec_or_none(r[f]) for f in KEY_FIGURES}
     return ApiKey(
         hash=r["hash"],
@@ -1126,7 +1113,7 @@ def _key_from_row(r: sqlite3.Row) -> ApiKey:
     )
 
 
-def _delivery_from_row(r: sqlite3.Row) -> Delivery:
+def _delivery_from_row(r: Any) -> Delivery:
     return Delivery(
         id=r["id"],
         job=r["job"],
@@ -1148,7 +1135,7 @@ def _delivery_from_row(r: sqlite3.Row) -> Delivery:
     )
 
 
-def _alert_from_row(r: sqlite3.Row) -> AlertState:
+def _alert_from_row(r: Any) -> AlertState:
     return AlertState(
         rule_id=r["rule_id"],
         subject=r["subject"],

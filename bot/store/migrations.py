@@ -1,13 +1,33 @@
 """Numbered schema migrations, each a list of SQL statements (never split on `;`).
 
-MIGRATIONS[n - 1] takes the schema from version n - 1 to n. Never edit one that has shipped;
-append a new one. Money is TEXT (an exact Decimal), dates are ISO `YYYY-MM-DD`, datetimes ISO
-UTC with microseconds (so text order is time order).
+MIGRATIONS[n - 1] takes the schema from version n - 1 to n, on SQLite and PostgreSQL alike
+(written for SQLite; `bot.store.backend` translates the types for PostgreSQL). Never edit one
+that has shipped; append a new one. Money is TEXT (an exact Decimal), dates are ISO
+`YYYY-MM-DD`, datetimes ISO UTC with microseconds (so text order is time order).
 """
 
 from __future__ import annotations
 
-MIGRATIONS: list[tuple[str, ...]] = [
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class PerDialect:
+    """A statement whose SQL differs between the backends (used as is, not translated).
+
+    Plain strings are written for SQLite and translated for PostgreSQL by
+    `bot.store.backend` (64-bit INTEGER, identity keys, no WITHOUT ROWID); reach for this
+    only where that is not enough.
+    """
+
+    sqlite: str
+    postgresql: str
+
+    def for_dialect(self, dialect: str) -> str:
+        return self.sqlite if dialect == "sqlite" else self.postgresql
+
+
+MIGRATIONS: list[tuple[str | PerDialect, ...]] = [
     # 1: history — credits, activity (org-wide key_hash = '' and per key), coverage, keys, meta
     (
         """

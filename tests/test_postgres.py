@@ -1,0 +1,233 @@
+"""PostgreSQL as the history database: `storage.url`, writers at once, lost connections.
+
+The concurrency tests run on both backends: several connections (threads, as several
+processes or machines would) race for the same claim, lease or rows.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from collections.abc import Callable
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from bot.app import App
+from bot.config import load_config
+from bot.errors import ConfigError, DataError
+from bot.models import ActivityRow, ApiKey, Credits, Snapshot
+from bot.store import SCHEMA_VERSION, AlertState, Store, connect, migrate
+from bot.store.backend import open_db, redact_url
+from tests.pg_server import PgServer
+
+T0 = dt.datetime(2024, 5, 31, 12, 0, tzinfo=dt.UTC)
+D = dt.date(2024, 5, 30)
+WRITERS = 6
+R = TypeVar("R")
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    return path
+
+
+# --- configuration ---------------------------------------------------------------------------
+
+
+def test_storage_url_with_a_password_from_the_environment(tmp_path: Path) -> None:
+    path = write(tmp_path, "storage:\n  url: postgresql://bot:${PG_PASS}@db:5432/usage\n"
+                           "  lease: 20s\n")
+    cfg = load_config(path, {"PG_PASS": "s3cret/pa@ss"})  # not URL-encoded: still hidden
+    assert cfg.storage_url == "postgresql://bot:s3cret/pa@ss@db:5432/usage"
+    assert App(config=cfg, env={}).storage_name() == "postgresql://bot@db:5432/usage"
+    assert cfg.lease_ttl == dt.timedelta(seconds=20)
+    app = App(config=cfg, env={})
+    assert "s3cret/pa@ss" in app.secrets()
+    encoded = App(config=load_config(path, {"PG_PASS": "p%40ss%2Fword"}), env={})
+    assert {"p%40ss%2Fword", "p@ss/word"} <= set(encoded.secrets())
+    assert encoded.storage_name() == "postgresql://bot@db:5432/usage"
+
+
+@pytest.mark.parametrize(("storage", "message"), [
+    ("{url: 'mysql://x/y'}", "storage.url: expected a postgresql://"),
+    ("{url: '/var/lib/history.db'}", "storage.url: expected a postgresql://"),
+    ("{url: 42}", "storage.url: expected a string"),
+    ("{url: 'postgresql://h/db', path: a.db}", "storage: set either path"),
+    ("{url: 'postgresql://h/db', lease: 0s}", "storage.lease: must be longer than zero"),
+    ("{url: 'postgresql://h/db', pool: 3}", "storage.pool: unknown option"),
+])
+def test_bad_storage_options_name_the_key(tmp_path: Path, storage: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, f"storage: {storage}\n"), {})
+
+
+def test_unset_variable_in_the_url_never_falls_back_to_sqlite(tmp_path: Path) -> None:
+    path = write(tmp_path, "storage: {url: 'postgresql://bot:${PG_PASS}@db/usage'}\n")
+    for strict in (True, False):  # `sync` and `report` read the config leniently
+        with pytest.raises(ConfigError, match="storage.url"):
+            load_config(path, {}, strict=strict)
+
+
+def test_redact_url_drops_only_the_password() -> None:
+    assert redact_url("postgresql://u:pw@h:5/d?sslmode=require") == \
+        "postgresql://u@h:5/d?sslmode=require"
+    assert redact_url("postgresql://u@h/d") == "postgresql://u@h/d"
+    assert redact_url("postgresql://u:pw@[::1]:5432/d") == "postgresql://u@[::1]:5432/d"
+
+
+def test_unreachable_server_is_one_clear_line_without_the_password(pg_server: PgServer) -> None:
+    url = f"postgresql://bot:hunter22@127.0.0.1:{pg_server.port}/no_such_db?connect_timeout=2"
+    with pytest.raises(DataError) as err:
+        connect(url)
+    text = str(err.value)
+    assert "cannot connect to history database postgresql://bot@127.0.0.1" in text
+    assert "no_such_db" in text and "hunter22" not in text and "\n" not in text
+
+
+# --- writers at once -------------------------------------------------------------------------
+
+
+def race(target: str, n: int, work: Callable[[Store, int], R], *,
+         migrated: bool = True) -> list[R]:
+    """Run `work` in `n` threads, each on its own connection (as separate processes would),
+    released at the same instant; a store if `migrated`, else a bare connection."""
+    barrier = threading.Barrier(n, timeout=30)
+    results: list[Any] = [None] * n
+
+    def run(i: int) -> None:
+        db = None
+        try:
+            db = open_db(target)
+            store = Store(db) if migrated else db
+            barrier.wait()
+            results[i] = work(store, i)  # type: ignore[arg-type]
+        except Exception as exc:  # noqa: BLE001 - reported below
+            barrier.abort()
+            results[i] = exc
+        finally:
+            if db is not None:
+                db.close()
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    errors = [r for r in results if isinstance(r, Exception)]
+    assert not errors, errors
+    return results
+
+
+def test_one_claim_wins_among_writers_at_once(db_target: str) -> None:
+    store = Store(connect(db_target))
+    deliveries = [store.outbox_put("daily", f"2024-05-{d:02d}", "slack:#ops", "{}", T0)
+                  for d in range(1, 6)]
+    store.conn.close()
+    for d in deliveries:
+        claims = race(db_target, WRITERS, lambda s, i, d=d: s.outbox_begin(d.id, T0))
+        assert sorted(claims) == [False] * (WRITERS - 1) + [True]
+    check = Store(connect(db_target))
+    assert {x.attempts for x in check.outbox_due()} == {1}
+    check.conn.close()
+
+
+def test_one_lease_holder_among_daemons_at_once(db_target: str) -> None:
+    ttl = dt.timedelta(seconds=30)
+    for round_ in range(3):
+        now = T0 + dt.timedelta(minutes=round_)  # each round after the last one expired
+        got = race(db_target, WRITERS,
+                   lambda s, i, now=now: s.lease_acquire("daemon", f"host-{i}", now, ttl))
+        assert got.count(True) == 1
+    holder = Store(connect(db_target))
+    row = holder.conn.row("SELECT holder FROM leases WHERE name = 'daemon'")
+    assert row is not None and row["holder"].startswith("host-")
+    holder.conn.close()
+
+
+def test_history_upserts_from_writers_at_once(db_target: str) -> None:
+    def rows(i: int) -> list[ActivityRow]:
+        # every writer saves the same 20 days; the figures grow with i (a later fetch)
+        return [ActivityRow(date=D - dt.timedelta(days=d), model="m", model_permaslug="m-1",
+                            endpoint_id="ep", provider="P", usage=Decimal(f"1.{i}"),
+                            byok_usage=Decimal(0), requests=i, prompt_tokens=1,
+                            completion_tokens=1, reasoning_tokens=0) for d in range(20)]
+
+    def save(store: Store, i: int) -> Any:
+        keys = [ApiKey(hash=f"h{k}", name=f"key {k}", usage=Decimal(i)) for k in range(5)]
+        snap = Snapshot(T0 + dt.timedelta(seconds=i), credits=Credits(Decimal(100), Decimal(i)),
+                        activity=rows(i), keys=keys, key_activity={"h1": rows(i)})
+        return store.save_snapshot(snap)
+
+    stats = race(db_target, WRITERS, save)
+    assert sum(s.activity_new for s in stats) == 40  # each row inserted exactly once
+    assert sum(s.keys_new for s in stats) == 5
+    store = Store(connect(db_target))
+    assert store.conn.value("SELECT count(*) FROM activity") == 40
+    assert store.conn.value("SELECT count(*) FROM coverage") == 60
+    assert len(store.keys()) == 5
+    latest = WRITERS - 1  # the newest fetch wins however the writers interleaved
+    assert {k.usage for k in store.keys()} == {Decimal(latest)}
+    assert store.credits_at() == (T0 + dt.timedelta(seconds=latest),
+                                  Credits(Decimal(100), Decimal(latest)))
+    store.conn.close()
+
+
+def test_alert_state_from_writers_at_once(db_target: str) -> None:
+    def put(store: Store, i: int) -> None:
+        for n in range(10):
+            store.alert_put(AlertState(f"rule{n % 3}", "credits", "firing", f"${i}.{n}", T0,
+                                       T0 + dt.timedelta(seconds=i), {"slack:#ops": f"{i}.{n}"}))
+
+    race(db_target, WRITERS, put)
+    store = Store(connect(db_target))
+    states = store.alert_all()
+    assert [s.rule_id for s in states] == ["rule0", "rule1", "rule2"]
+    assert all(s.threads["slack:#ops"] == s.value.lstrip("$") for s in states)  # whole rows
+    store.conn.close()
+
+
+def test_migrations_from_processes_starting_at_once(db_target: str) -> None:
+    versions = race(db_target, WRITERS, lambda db, i: migrate(db), migrated=False)
+    assert versions == [SCHEMA_VERSION] * WRITERS
+    db = open_db(db_target)
+    assert [v for (v,) in db.execute("SELECT version FROM schema_migrations ORDER BY 1")] == \
+        list(range(1, SCHEMA_VERSION + 1))
+    db.close()
+
+
+# --- lost connections ------------------------------------------------------------------------
+
+
+def test_a_lost_connection_fails_one_call_and_the_next_reconnects(
+    pg_server: PgServer, pg_url: str
+) -> None:
+    store = Store(connect(pg_url))
+    store.set_meta("k", "1")
+    assert pg_server.terminate_connections(pg_url) == 1  # the server drops our session
+    with pytest.raises(DataError, match="connection lost"):
+        store.get_meta("k")
+    assert store.get_meta("k") == "1"  # a new connection, same data
+
+    pg_server.terminate_connections(pg_url)
+    with pytest.raises(DataError, match="connection lost"):
+        store.set_meta("k", "2")  # a write transaction cut off: rolled back, one clear error
+    assert not store.conn.in_transaction
+    store.set_meta("k", "3")
+    assert store.get_meta("k") == "3"
+    store.conn.close()
+
+
+def test_a_writer_that_holds_the_lock_too_long_is_a_busy_error(pg_url: str) -> None:
+    a, b = Store(connect(pg_url)), Store(connect(pg_url))
+    b.conn.set_busy_timeout(50)
+    with a.conn.write():
+        with pytest.raises(DataError, match="busy"):
+            b.set_meta("k", "v")
+    b.set_meta("k", "v")  # the lock is free again
+    assert a.get_meta("k") == "v"
+    a.conn.close()
+    b.conn.close()
