@@ -102,6 +102,7 @@ def race(target: str, n: int, work: Callable[[Store, int], R], *,
         db = None
         try:
             db = open_db(target)
+            db.set_busy_timeout(60_000)  # this is about correctness, not a slow machine
             store = Store(db) if migrated else db
             barrier.wait()
             results[i] = work(store, i)  # type: ignore[arg-type]
