@@ -224,7 +224,7 @@ def test_keys_latest_state_and_names(store: Store) -> None:
                              limit_remaining=Decimal("39.99"))
     assert keys["h2"].disabled and keys["h2"].limit is None  # not in the last fetch: kept
     assert "key_snapshots" not in {  # a snapshot per key per sync that nothing read: gone
-        t for (t,) in store.conn.execute("SELECT name FROM sqlite_master")}
+        t for t in store.conn.tables()}
     # a late, older fetch does not overwrite the newer state
     store.save_snapshot(snapshot(T0 - DAY, keys=[key("h1", "old-name")]))
     assert store.key_names()["h1"] == "production"

@@ -1018,9 +1018,9 @@ class Store:
             return cur.rowcount == 1
 
     def location(self) -> str | None:
-        """The database file, for a second connection (a heartbeat thread); None in memory."""
-        row = self.conn.execute("PRAGMA database_list").fetchone()
-        return str(row[2]) if row is not None and row[2] else None
+        """The database file or URL, for a second connection (a heartbeat thread); None in
+        memory."""
+        return self.conn.location()
 
     def lease_renew(
         self, name: str, holder: str, now: dt.datetime, ttl: dt.timedelta

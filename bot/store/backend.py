@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
@@ -142,6 +143,11 @@ class Db:
     def reset_identity(self, table: str, column: str = "id") -> None:
         """After rows were inserted with explicit ids: new rows get ids above them."""
 
+    def location(self) -> str | None:
+        """What `open_db` takes to open another connection to this database (the URL with
+        its password: never for display); None for a SQLite database in memory."""
+        raise NotImplementedError
+
     def row(self, sql: str, params: Sequence[Any] = ()) -> Any | None:
         rows = self.rows(sql, params)
         return rows[0] if rows else None
@@ -153,6 +159,23 @@ class Db:
 
 
 # --- SQLite ----------------------------------------------------------------------------------
+
+
+def _wal(conn: sqlite3.Connection) -> None:
+    """Switch a database file to WAL (once: it stays so). The switch needs the file to
+    itself and does not wait for the busy timeout, so processes opening a new file at the
+    same moment retry it for as long."""
+    if str(conn.execute("PRAGMA journal_mode").fetchone()[0]).lower() == "wal":
+        return
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
 
 
 class SqliteDb(Db):
@@ -179,7 +202,7 @@ class SqliteDb(Db):
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS:d}")
             conn.execute("PRAGMA foreign_keys = ON")
             if not memory:
-                conn.execute("PRAGMA journal_mode = WAL")
+                _wal(conn)
         except sqlite3.Error as exc:
             conn.close()
             raise DataError(f"cannot use history database {path}: {exc}") from exc
@@ -252,6 +275,10 @@ class SqliteDb(Db):
 
     def columns(self, table: str) -> list[str]:
         return [r[1] for r in self.execute(f'PRAGMA table_info("{table}")').fetchall()]
+
+    def location(self) -> str | None:
+        row = self.execute("PRAGMA database_list").fetchone()
+        return str(row[2]) if row is not None and row[2] else None
 
 
 # --- PostgreSQL ------------------------------------------------------------------------------
@@ -476,6 +503,9 @@ class PostgresDb(Db):
             "WHERE table_schema = current_schema() AND table_name = ? ORDER BY ordinal_position",
             (table,)).fetchall()
         return [name for (name,) in rows]
+
+    def location(self) -> str | None:
+        return self.url
 
     def reset_identity(self, table: str, column: str = "id") -> None:
         self.execute(
