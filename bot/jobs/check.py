@@ -100,7 +100,8 @@ def checks(app: App) -> list[Check]:
 
             out.append(Check(f"Slack {dest.target}", can_post))
     if DestinationKind.WEBHOOK in kinds:
-        out.append(Check("Slack webhook", lambda: "configured; not tested, as that would post",
+        out.append(Check("Slack webhook", lambda: "configured; not tested, as that would post "
+                         "(a lost answer cannot be checked: delivery is at-least-once)",
                          skip=True))
     if DestinationKind.EMAIL in kinds or cfg.email.host:
         out.append(Check("SMTP", lambda: transports.smtp().check()))
