@@ -5,15 +5,17 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import logging
+import re
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from bot import __version__
 from bot.errors import BotError, ConfigError
 from bot.models import Outcome, Status
+from bot.text import one_line
 
 if TYPE_CHECKING:
     from bot.app import App
@@ -22,8 +24,19 @@ if TYPE_CHECKING:
 log = logging.getLogger("bot")
 
 
+class UsageError(Exception):
+    """A command line argparse refused: one line for stderr, exit 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (with where to find help), not the usage."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"openrouter-usage: error: {message} (see {self.prog} --help)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="openrouter-usage",
         description="Watch an OpenRouter account's spending: reports, digests and alerts.",
     )
@@ -31,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     _global_options(parser, argparse.SUPPRESS)
     parser.set_defaults(config=None, verbose=False, quiet=False)
     # the global options are accepted after the command too (`report -v`)
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     _global_options(common, argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -82,7 +95,8 @@ def _global_options(parser: argparse.ArgumentParser, default: str | None) -> Non
 
 
 class _Redactor(logging.Filter):
-    """Takes this run's secrets (and anything shaped like one) out of every log record."""
+    """Takes this run's secrets (and anything shaped like one) out of every log record: the
+    message, and the traceback and stack a record carries (-v)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -96,6 +110,14 @@ class _Redactor(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.msg = self.redact(record.getMessage())
         record.args = None
+        if record.exc_info:
+            text = record.exc_text or logging.Formatter().formatException(record.exc_info)
+            record.exc_info = None
+            record.exc_text = self.redact(text)
+        elif record.exc_text:
+            record.exc_text = self.redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = self.redact(record.stack_info)
         return True
 
 
@@ -132,6 +154,7 @@ def make_app(args: argparse.Namespace, *, need_config: bool, hooks: Hooks = Hook
     from bot.config import find_config_path, load_config, load_env
 
     env = load_env()
+    REDACTOR.secrets = secrets_in(env)  # known before the config is read, should it fail
     path = find_config_path(args.config, env)
     if path is None and need_config:
         raise ConfigError(
@@ -143,8 +166,17 @@ def make_app(args: argparse.Namespace, *, need_config: bool, hooks: Hooks = Hook
         app.now = hooks.now
     if hooks.sleep is not None:
         app.sleep = hooks.sleep
-    REDACTOR.secrets = app.secrets()
+    REDACTOR.secrets = [*secrets_in(env), *app.secrets()]
     return app
+
+
+_SECRET_NAME = re.compile(r"KEY|TOKEN|PASSWORD|PASSWD|SECRET|WEBHOOK", re.IGNORECASE)
+
+
+def secrets_in(env: dict[str, str]) -> list[str]:
+    """The values of variables whose names say they hold a secret (`*_KEY`, `*_TOKEN`, ...):
+    redacted from output even before, or without, the config naming them."""
+    return [v for k, v in env.items() if _SECRET_NAME.search(k) and v.strip()]
 
 
 def progress_bar(label: str, quiet: bool) -> Callable[[int, int], None] | None:
@@ -271,12 +303,18 @@ def print_preview(preview: Preview, out_dir: Path = Path("out")) -> None:
     out.write(f"HTML body written to {html_path}\n\n{msg.text.rstrip()}\n")
 
 
+def error_line(detail: str, kind: str = "error") -> None:
+    """One line on stderr: `openrouter-usage: error: ...`, secrets redacted in every form."""
+    print(one_line(f"openrouter-usage: {kind}: {REDACTOR.redact(detail)}", 1000),
+          file=sys.stderr)
+
+
 def exit_code(ok: bool, outcomes: Iterable[Outcome]) -> int:
     """0 when all went well; 2 when a delivery was stopped by the configuration (said in one
     line on stderr; it stays pending until that is fixed); 1 for any other failure."""
     stopped = [o for o in outcomes if o.status is Status.CONFIG_ERROR]
     if stopped:
-        print(f"openrouter-usage: error: {REDACTOR.redact(stopped[0].detail)}", file=sys.stderr)
+        error_line(stopped[0].detail)
         return 2
     return 0 if ok else 1
 
@@ -366,7 +404,10 @@ def main(
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-    except SystemExit as exc:  # argparse: --help/--version exit 0, usage errors exit 2
+    except UsageError as exc:
+        print(one_line(str(exc)), file=sys.stderr)
+        return 2
+    except SystemExit as exc:  # argparse: --help and --version exit 0
         return int(exc.code or 0)
     setup_logging(args.verbose, args.quiet, daemon=args.command == "run")
     try:
@@ -374,7 +415,7 @@ def main(
     except BotError as exc:
         if args.verbose:
             log.debug("traceback", exc_info=True)
-        print(f"openrouter-usage: error: {REDACTOR.redact(str(exc))}", file=sys.stderr)
+        error_line(str(exc))
         return exc.exit_code
     except KeyboardInterrupt:
         print("openrouter-usage: interrupted", file=sys.stderr)
@@ -384,8 +425,6 @@ def main(
     except Exception as exc:  # a bug: still one line unless -v
         if args.verbose:
             log.exception("unexpected error")
-        detail = REDACTOR.redact(f"{type(exc).__name__}: {exc}")
-        print(
-            f"openrouter-usage: internal error: {detail} (run with -v for details)", file=sys.stderr
-        )
+        error_line(f"{type(exc).__name__}: {exc} (run with -v for details)",
+                   kind="internal error")
         return 1

@@ -1,15 +1,20 @@
 """Loads the YAML config and `.env`, interpolates ${VAR}, and validates it into dataclasses.
 
 Every problem is one ``ConfigError`` whose message starts with the key path, for example
-``alerts.rules[2].below_usd: expected a number``.
+``alerts.rules[2].below_usd: expected a number``, and never quotes a secret. A config file must
+be a regular file of at most 1 MiB of UTF-8 YAML without aliases; keys and tokens lose the
+whitespace around them (a Kubernetes Secret made from a file ends in a newline) and may hold no
+other control characters.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import math
 import os
 import re
+import stat
 import types
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -19,6 +24,7 @@ from typing import Any, Literal
 
 from bot.errors import ConfigError
 from bot.models import Destination, DestinationKind
+from bot.text import one_line
 
 DEFAULT_BASE_URL = "https://openrouter.ai/api/v1"
 DEFAULT_SLACK_API = "https://slack.com/api/"
@@ -36,6 +42,12 @@ ALERT_KINDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 _DURATION = re.compile(r"^\s*(?:(\d+)d)?\s*(?:(\d+)h)?\s*(?:(\d+)m)?\s*(?:(\d+)s)?\s*$")
 _CLOCK = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)(?::([0-5]\d))?$")
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_ADDRESS = re.compile(r"^[^@\s<>]+@[^@\s<>]+$")
+
+MAX_CONFIG_BYTES = 1 << 20  # a config file (or .env) larger than this is not one
+MAX_DURATION = dt.timedelta(days=365)
+MAX_SECONDS = 86_400.0  # timeouts: a day at most
 
 
 @dataclass(frozen=True)
@@ -162,16 +174,60 @@ def load_env(dotenv_path: str | os.PathLike[str] | None = None) -> dict[str, str
     path = Path(dotenv_path) if dotenv_path else Path.cwd() / ".env"
     merged: dict[str, str] = {}
     if path.is_file():
+        import io
+
         from dotenv import dotenv_values
 
-        merged.update({k: v for k, v in dotenv_values(path).items() if v is not None})
+        text = read_text_file(path, "the .env file")
+        values = dotenv_values(stream=io.StringIO(text))
+        merged.update({k: v for k, v in values.items() if v is not None})
     merged.update(os.environ)
     return merged
 
 
+def read_text_file(path: Path, what: str) -> str:
+    """A regular file of at most MAX_CONFIG_BYTES of UTF-8 text, or a one-line ConfigError
+    (never blocking on a FIFO, never reading a device or a folder)."""
+    try:
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode):
+            raise ConfigError(f"{what} {path}: not a regular file")
+        if info.st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{what} {path}: larger than {MAX_CONFIG_BYTES >> 20} MiB")
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_CONFIG_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{what} {path}: larger than {MAX_CONFIG_BYTES >> 20} MiB")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ConfigError(f"{what} {path}: not UTF-8 text (line {line})") from None
+
+
+def clean_secret(value: str, where: str, *, strip: str | None = None) -> str | None:
+    """A key, token or password as read: the whitespace around it (or the characters in
+    `strip`) removed; None when nothing is left. Control characters inside, and for HTTP
+    headers and SMTP AUTH anything but ASCII, are a ConfigError that never quotes the value."""
+    text = value.strip(strip)
+    if _CONTROL.search(text):
+        raise ConfigError(f"{where}: contains a control character (a line break inside?); "
+                          "it must be one line of text")
+    if not text.isascii():
+        raise ConfigError(f"{where}: contains non-ASCII characters, which it cannot carry "
+                          "(HTTP headers and SMTP AUTH are ASCII)")
+    return text or None
+
+
 def openrouter_key(env: Mapping[str, str]) -> str | None:
     """The management key: OPENROUTER_MANAGEMENT_KEY, else OPENROUTER_API_KEY."""
-    return env.get("OPENROUTER_MANAGEMENT_KEY") or env.get("OPENROUTER_API_KEY") or None
+    for name in ("OPENROUTER_MANAGEMENT_KEY", "OPENROUTER_API_KEY"):
+        key = clean_secret(env.get(name) or "", name)
+        if key:
+            return key
+    return None
 
 
 # --- parsing helpers ------------------------------------------------------------------------
@@ -183,14 +239,23 @@ def parse_duration(text: str, path: str = "duration") -> dt.timedelta:
     if not m or not any(m.groups()):
         raise ConfigError(f"{path}: expected a duration such as 30s, 15m, 1h or 1d, got {text!r}")
     d, h, mi, s = (int(g) if g else 0 for g in m.groups())
-    value = dt.timedelta(days=d, hours=h, minutes=mi, seconds=s)
-    if value <= dt.timedelta(0):
+    seconds = ((d * 24 + h) * 60 + mi) * 60 + s
+    if seconds <= 0:
         raise ConfigError(f"{path}: must be longer than zero")
-    return value
+    if seconds > MAX_DURATION.total_seconds():
+        raise ConfigError(f"{path}: at most {MAX_DURATION.days}d, got {text.strip()[:40]!r}")
+    return dt.timedelta(seconds=seconds)
 
 
 def parse_clock(text: Any, path: str) -> dt.time:
     """`HH:MM` or `HH:MM:SS` as a time of day."""
+    if isinstance(text, int) and not isinstance(text, bool) and 0 <= text < 86_400:
+        # YAML 1.1 reads an unquoted 10:30 as the base-60 number 630
+        hours, minutes = divmod(text, 60)
+        written = f"{hours}:{minutes:02d}" if text < 24 * 60 else \
+            f"{text // 3600}:{text // 60 % 60:02d}:{text % 60:02d}"
+        raise ConfigError(f'{path}: put the time in quotes, "{written}" (unquoted, YAML reads '
+                          f"it as the number {text})")
     m = _CLOCK.match(text) if isinstance(text, str) else None
     if not m:
         raise ConfigError(f"{path}: expected a time as HH:MM or HH:MM:SS, got {text!r}")
@@ -245,11 +310,9 @@ def _from_env(value: Any, path: str, kind: type | types.UnionType) -> Any:
     """The typed value of an EnvValue, or `value` unchanged for a literal from the YAML."""
     if not isinstance(value, EnvValue):
         return value
-    import yaml
-
     try:
-        typed = yaml.safe_load(value)
-    except yaml.YAMLError:
+        typed = _parse_yaml(value, f"{path} (from the environment)")
+    except ConfigError:
         return value
     return typed if isinstance(typed, kind) else value
 
@@ -260,6 +323,42 @@ def _str(value: Any, path: str) -> str:
     return value
 
 
+def _line(value: Any, path: str) -> str:
+    """A string of one line (host names, addresses, URLs): no control characters."""
+    text = _str(value, path).strip()
+    if _CONTROL.search(text):
+        raise ConfigError(f"{path}: contains a control character (a line break inside?)")
+    return text
+
+
+def _token(value: Any, path: str) -> str | None:
+    """A key, token or webhook URL: surrounding whitespace stripped, one line of ASCII."""
+    return clean_secret(_str(value, path), path)
+
+
+def _password(value: Any, path: str) -> str | None:
+    """A password: a trailing line break dropped (spaces kept), one line of ASCII."""
+    return clean_secret(_str(value, path), path, strip="\r\n")
+
+
+def _sender(value: Any, path: str) -> str:
+    """The From address, `a@example.com` or `Name <a@example.com>`, on one line."""
+    from email.utils import parseaddr
+
+    text = _line(value, path)
+    if text and not _ADDRESS.match(parseaddr(text)[1]):
+        raise ConfigError(f"{path}: expected an address such as usage@example.com or "
+                          f'"Usage <usage@example.com>", got {text[:80]!r}')
+    return text
+
+
+def _port(value: Any, path: str) -> int:
+    port = _from_env(value, path, int)
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise ConfigError(f"{path}: expected a port number from 1 to 65535")
+    return port
+
+
 def _bool(value: Any, path: str) -> bool:
     value = _from_env(value, path, bool)
     if not isinstance(value, bool):
@@ -267,9 +366,16 @@ def _bool(value: Any, path: str) -> bool:
     return value
 
 
+def _finite(value: Any) -> bool:
+    """Whether a YAML number is an ordinary one (not .nan, .inf or too large for a float)."""
+    if isinstance(value, int):
+        return abs(value) < 10**300
+    return math.isfinite(value)
+
+
 def _number(value: Any, path: str) -> float:
     value = _from_env(value, path, int | float)
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    if isinstance(value, bool) or not isinstance(value, int | float) or not _finite(value):
         raise ConfigError(f"{path}: expected a number")
     if value < 0:
         raise ConfigError(f"{path}: must not be negative")
@@ -279,7 +385,7 @@ def _number(value: Any, path: str) -> float:
 def _decimal(value: Any, path: str) -> Decimal:
     """A non-negative number as an exact Decimal: `0.1` in the YAML is 0.1, not a float's."""
     value = _from_env(value, path, int | float)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, int | float) or not _finite(value):
         raise ConfigError(f"{path}: expected a number")
     if value < 0:
         raise ConfigError(f"{path}: must not be negative")
@@ -288,8 +394,9 @@ def _decimal(value: Any, path: str) -> Decimal:
 
 def _seconds(value: Any, path: str) -> float:
     number = _number(value, path)
-    if number <= 0:
-        raise ConfigError(f"{path}: expected a number of seconds above 0")
+    if not 0 < number <= MAX_SECONDS:
+        raise ConfigError(f"{path}: expected a number of seconds above 0 and at most "
+                          f"{MAX_SECONDS:.0f}")
     return number
 
 
@@ -413,20 +520,45 @@ def load_config(
     data: Any = {}
     source = Path(path) if path else None
     if source is not None:
-        try:
-            text = source.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError(f"cannot read config file {source}: {exc.strerror or exc}") from exc
-        import yaml
-
-        try:
-            data = yaml.safe_load(text) or {}
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" at line {mark.line + 1}" if mark is not None else ""
-            raise ConfigError(f"{source}: not valid YAML{where}") from exc
+        data = _parse_yaml(read_text_file(source, "config file"), str(source)) or {}
     data = _interpolate(data, env, "", strict)
     return parse_config(data, env, source, strict=strict)
+
+
+@functools.cache
+def _loader() -> type:
+    """PyYAML's safe loader, refusing aliases (`*name`): a few lines of them expand into
+    billions of nodes (the "billion laughs")."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            if self.check_event(yaml.AliasEvent):
+                mark = self.peek_event().start_mark
+                raise yaml.MarkedYAMLError(problem="aliases (*name) are not allowed",
+                                           problem_mark=mark)
+            return super().compose_node(parent, index)
+
+    return Loader
+
+
+def _parse_yaml(text: str, source: str) -> Any:
+    """YAML text as Python values; a syntax error names its line and column and the problem,
+    never the text of the line (it may hold a password)."""
+    import yaml
+
+    try:
+        return yaml.load(text, Loader=_loader())
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = one_line(exc.problem or "", 120)
+        raise ConfigError(f"{source}: not valid YAML{where}"
+                          + (f": {problem}" if problem else "")) from None
+    except yaml.YAMLError:
+        raise ConfigError(f"{source}: not valid YAML") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: nested too deeply") from None
 
 
 def parse_config(
@@ -435,11 +567,10 @@ def parse_config(
     """Validate an already-loaded mapping into a Config."""
     root = _Section(data, "")
     base = root.section("openrouter")
+    file_url = base.get("base_url", _line, DEFAULT_BASE_URL)  # the environment wins
     openrouter = OpenRouterConfig(
         key=openrouter_key(env),
-        base_url=(
-            env.get("OPENROUTER_BASE_URL") or base.get("base_url", _str, DEFAULT_BASE_URL)
-        ).rstrip("/"),
+        base_url=(env.get("OPENROUTER_BASE_URL", "").strip() or file_url).rstrip("/"),
         timeout=base.get("timeout", _seconds, 30.0),
         concurrency=base.get("concurrency", _positive_int, 8),
         max_attempts=base.get("max_attempts", _positive_int, 5),
@@ -449,21 +580,21 @@ def parse_config(
 
     s = root.section("slack")
     slack = SlackConfig(
-        token=s.get("token", _str) or None,
-        webhook_url=s.get("webhook_url", _str) or None,
-        base_url=s.get("base_url", _str, DEFAULT_SLACK_API),
+        token=s.get("token", _token),
+        webhook_url=s.get("webhook_url", _token),
+        base_url=s.get("base_url", _line, DEFAULT_SLACK_API),
         charts=s.get("charts", _bool, False),
     )
     s.finish()
 
     e = root.section("email")
     email = EmailConfig(
-        host=e.get("host", _str),
-        port=e.get("port", _positive_int),
+        host=e.get("host", _line),
+        port=e.get("port", _port),
         security=e.get("security", _choice(*SECURITY_MODES), "starttls"),
-        username=e.get("username", _str) or None,
-        password=e.get("password", _str) or None,
-        sender=e.get("from", _str, ""),
+        username=e.get("username", _token),
+        password=e.get("password", _password),
+        sender=e.get("from", _sender, ""),
         timeout=e.get("timeout", _seconds, 30.0),
         ca_file=e.get("ca_file", _str),
     )
@@ -478,6 +609,9 @@ def parse_config(
         raise ConfigError("storage: set either path (SQLite) or url (PostgreSQL), not both")
     lease_ttl = storage.get("lease", _duration, dt.timedelta(seconds=90))
     storage.finish()
+    if storage_path and Path(storage_path).expanduser().is_dir():
+        raise ConfigError(f"storage.path: {storage_path} is a folder; name the database file, "
+                          "for example history.db inside it")
 
     reports = root.section("reports")
     daily = _report(reports.section("daily"), weekly=False)

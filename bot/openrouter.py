@@ -29,6 +29,7 @@ import msgspec
 
 from bot import __version__
 from bot.config import DEFAULT_BASE_URL
+from bot.deadline import deadline, deadline_transport
 from bot.errors import ApiError, AuthError, ConfigError, NotManagementKey
 from bot.models import ZERO, ActivityRow, ApiKey, Credits, Snapshot, Workspace, placeholder_hash
 from bot.text import one_line, redact
@@ -43,6 +44,8 @@ WORKSPACE_PAGE = 100  # the largest page /workspaces serves
 BACKOFF_BASE = 1.0
 BACKOFF_CAP = 30.0
 MAX_MESSAGE = 200
+# no account spends a trillion dollars: a larger amount is a broken answer, not money
+MAX_MONEY = Decimal(10) ** 12
 
 # The analytics API: 64 queries a minute, 365 days back, `provider` only in windows of 31 days.
 ANALYTICS_PER_MINUTE = 64
@@ -167,6 +170,8 @@ def _finite(value: Decimal | None, name: str) -> Decimal:
         return ZERO
     if not value.is_finite():
         raise ApiError(f"{name} is not a finite number: {value}")
+    if abs(value) > MAX_MONEY:
+        raise ApiError(f"{name} is out of range: {_short(str(value), 40)}")
     return value
 
 
@@ -455,6 +460,7 @@ class OpenRouterClient:
                 f"{_short(repr(self.base_url), 80)}"
             )
         pool = self.concurrency + 2
+        limits = httpx.Limits(max_connections=pool, max_keepalive_connections=pool)
         try:
             self._http = httpx.Client(
                 base_url=self.base_url,
@@ -464,8 +470,8 @@ class OpenRouterClient:
                     "Accept": "application/json",
                 },
                 timeout=httpx.Timeout(timeout),
-                transport=transport,
-                limits=httpx.Limits(max_connections=pool, max_keepalive_connections=pool),
+                # `timeout` is each request's total deadline, not only each read's
+                transport=transport if transport is not None else deadline_transport(limits),
             )
         except (httpx.InvalidURL, ValueError, TypeError) as exc:
             raise ConfigError(
@@ -1035,7 +1041,8 @@ class OpenRouterClient:
                 before()
             started = time.monotonic()
             try:
-                return self._attempt(method, path, params, body, retry_408)
+                with deadline(self.timeout):  # in all, not per read: a trickle cannot hold us
+                    return self._attempt(method, path, params, body, retry_408)
             except _Retry as failure:
                 spent += time.monotonic() - started
                 remaining = self.retry_budget - spent
@@ -1078,9 +1085,13 @@ class OpenRouterClient:
                 resp = self._http.request(method, path, params=params, json=body)
         except httpx.TimeoutException as exc:
             log.debug("%s %s -> timeout after %.0f ms", method, path, _ms(started))
-            raise _Retry(f"timed out after {self.timeout:g}s ({type(exc).__name__})") from exc
+            raise _Retry(f"timed out: no complete answer within {self.timeout:g}s "
+                         f"({type(exc).__name__})") from exc
         except httpx.UnsupportedProtocol as exc:
             raise ApiError(self._redact(f"OpenRouter {path}: bad base URL: {exc}")) from exc
+        except httpx.LocalProtocolError as exc:  # this request cannot be sent: no retry helps
+            detail = self._redact(_short(str(exc), 120)) or type(exc).__name__
+            raise ApiError(f"OpenRouter {path}: the request could not be sent: {detail}") from exc
         except httpx.TransportError as exc:
             log.debug("%s %s -> %s after %.0f ms", method, path, type(exc).__name__, _ms(started))
             detail = self._redact(_short(str(exc), 120)) or type(exc).__name__

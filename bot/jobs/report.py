@@ -17,11 +17,19 @@ if TYPE_CHECKING:
     from bot.store import Store
 
 
+# the days a command may name: none before FIRST_DAY, a report of at most MAX_DAYS
+FIRST_DAY = dt.date(2000, 1, 1)
+MAX_DAYS = 3660
+
+
 def parse_day(text: str, flag: str) -> dt.date:
     try:
-        return dt.date.fromisoformat(text)
+        day = dt.date.fromisoformat(text)
     except ValueError as exc:
         raise ConfigError(f"{flag}: expected a date as YYYY-MM-DD, got {text!r}") from exc
+    if day < FIRST_DAY:
+        raise ConfigError(f"{flag}: {day} is before {FIRST_DAY}; there is no usage that old")
+    return day
 
 
 def resolve_period(
@@ -40,6 +48,8 @@ def resolve_period(
     elif days is not None:
         if days < 1:
             raise ConfigError("--days: expected a whole number of at least 1")
+        if days > MAX_DAYS:
+            raise ConfigError(f"--days: at most {MAX_DAYS}, got {days}")
         period = Period(last_day - DAY * (days - 1), last_day)
     elif start is not None or end is not None:
         if start is None:
@@ -53,6 +63,8 @@ def resolve_period(
         period = Period(window_start, last_day)
     if period.end > last_day:
         raise ConfigError(f"{period.end} is not a completed UTC day yet; the latest is {last_day}")
+    if (period.end - period.start).days >= MAX_DAYS:
+        raise ConfigError(f"a report covers at most {MAX_DAYS} days")
     return period
 
 
