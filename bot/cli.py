@@ -76,7 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     alerts = add("alerts", "evaluate alert rules once and deliver what changed")
     alerts.add_argument("--dry-run", action="store_true", help="show, change no state")
 
-    add("sync", "store credits, activity and keys in the local history")
+    sync = add("sync", "store credits, activity and keys in the local history (and, the first "
+                       "time, a year of history from the analytics API)")
+    sync.add_argument("--backfill", metavar="DAYS", help="fill history this far back again "
+                      "from the analytics API, e.g. 90d (at most 365d)")
     add("run", "the daemon: scheduled sync, digests, reports and alerts")
     add("check", "validate config and test each connection")
     demo = add("demo", "report, digest and weekly e-mail from bundled sample data")
@@ -228,15 +231,20 @@ def cmd_report(args: argparse.Namespace, hooks: Hooks) -> int:
 
 
 def cmd_sync(args: argparse.Namespace, hooks: Hooks) -> int:
+    from bot.config import parse_backfill
     from bot.jobs.sync import run_sync
 
+    refill = parse_backfill(args.backfill, "--backfill") if args.backfill else None
     app = make_app(args, need_config=False, hooks=hooks)
     with app.client() as client:
         stats = run_sync(
             client,
             app.store(),
             now=app.now(),
+            backfill=app.config.history.backfill,
+            refill=refill,
             progress=progress_bar("Fetching per-key activity", args.quiet),
+            history_progress=progress_bar("Filling history (days)", args.quiet),
         )
     if not args.quiet:
         print(stats.summary())

@@ -142,6 +142,14 @@ class AlertsConfig:
     rules: tuple[AlertRule, ...] = ()
 
 
+MAX_BACKFILL = dt.timedelta(days=365)  # the analytics API answers for a year back
+
+
+@dataclass(frozen=True)
+class HistoryConfig:
+    backfill: dt.timedelta = MAX_BACKFILL  # how far back the first `sync` fills the history
+
+
 @dataclass(frozen=True)
 class Config:
     openrouter: OpenRouterConfig = field(default_factory=OpenRouterConfig)
@@ -158,6 +166,7 @@ class Config:
     delivery_max_age: dt.timedelta = dt.timedelta(hours=24)
     templates_dir: Path | None = None
     source: Path | None = None
+    history: HistoryConfig = field(default_factory=HistoryConfig)
 
 
 def default_storage_path() -> Path:
@@ -411,6 +420,15 @@ def _duration(value: Any, path: str) -> dt.timedelta:
     return parse_duration(value, path)
 
 
+def parse_backfill(value: Any, path: str) -> dt.timedelta:
+    """Whole days from 1d to 365d (`90d`): how far back to fill history."""
+    days = parse_duration(value, path)
+    if days % dt.timedelta(days=1) or not dt.timedelta(days=1) <= days <= MAX_BACKFILL:
+        raise ConfigError(f"{path}: expected whole days from 1d to 365d (the analytics API "
+                          f"keeps a year), got {value!r}")
+    return days
+
+
 def _destinations(value: Any, path: str) -> tuple[Destination, ...]:
     if isinstance(value, str):
         value = [value]
@@ -613,6 +631,10 @@ def parse_config(
         raise ConfigError(f"storage.path: {storage_path} is a folder; name the database file, "
                           "for example history.db inside it")
 
+    hist = root.section("history")
+    history = HistoryConfig(backfill=hist.get("backfill", parse_backfill, MAX_BACKFILL))
+    hist.finish()
+
     reports = root.section("reports")
     daily = _report(reports.section("daily"), weekly=False)
     weekly = _report(reports.section("weekly"), weekly=True)
@@ -635,6 +657,7 @@ def parse_config(
         delivery_max_age=root.get("delivery_max_age", _duration, dt.timedelta(hours=24)),
         templates_dir=Path(templates_dir).expanduser() if templates_dir else None,
         source=source,
+        history=history,
     )
     root.finish()
     if strict:

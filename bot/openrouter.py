@@ -767,14 +767,14 @@ class OpenRouterClient:
         try:
             self._request("GET", "/analytics/meta")
         except (NotManagementKey, ApiError) as exc:
-            if isinstance(exc, NotManagementKey) or exc.status == 404:
+            if isinstance(exc, NotManagementKey) or exc.status in (404, 405):
                 return f"{exc.status}"
             raise
         return None
 
     def analytics_query(self, body: Mapping[str, Any]) -> _RawAnalytics:
         """One `POST /analytics/query` (read-only), kept under 64 a minute. A 408 is raised at
-        once (status 408) so the caller can narrow the query; 403/404 raise
+        once (status 408) so the caller can narrow the query; 403/404/405 raise
         AnalyticsUnavailable."""
         self.check_key()
         try:
@@ -785,8 +785,8 @@ class OpenRouterClient:
         except NotManagementKey as exc:
             raise AnalyticsUnavailable(f"403 {exc}") from exc
         except ApiError as exc:
-            if exc.status == 404:
-                raise AnalyticsUnavailable(f"404 {exc}") from exc
+            if exc.status in (404, 405):  # 405: a proxy or fake that allows only GET
+                raise AnalyticsUnavailable(f"{exc.status} {exc}") from exc
             raise
         answer = self._decode("/analytics/query", content, _RawAnalytics, "an object")
         for warning in answer.warnings:

@@ -196,7 +196,8 @@ class Daemon:
         from bot.jobs.sync import run_sync
 
         with self.app.client() as client:
-            return run_sync(client, self.app.store(), now=self.app.now()).summary()
+            return run_sync(client, self.app.store(), now=self.app.now(),
+                            backfill=self.app.config.history.backfill).summary()
 
     def alerts(self) -> str:
         from bot.jobs.alerts import run_alerts

@@ -263,7 +263,9 @@ class FakeOpenRouter:
         self.analytics_per_minute = 64
         self.clock: Callable[[], float] | None = None  # set: enforce 64/min on this clock
         self.string_counts = True
+        self.provider_days_back: int | None = None  # set: `provider` only this many days back
         self.analytics_queries: list[dict[str, Any]] = []
+        self.rate_limited = 0  # queries answered 429 for going past 64 a minute
         self._analytics_sent: list[float] = []
         self._facts: dict[dt.date, list[tuple[Any, ...]]] | None = None
         self.page_size = 3
@@ -460,6 +462,7 @@ class FakeOpenRouter:
             self._analytics_sent = [t for t in self._analytics_sent if t > now - 60]
             if len(self._analytics_sent) >= self.analytics_per_minute:
                 wait = self._analytics_sent[0] + 60 - now
+                self.rate_limited += 1
                 return 429, (_error(429, "Rate limit exceeded"), {"Retry-After": f"{wait:.3f}"})
             self._analytics_sent.append(now)
         if not isinstance(body, dict):
@@ -474,6 +477,9 @@ class FakeOpenRouter:
         dims: list[str] = body.get("dimensions") or []
         if "provider" in dims and days > 31:
             return 400, _error(400, "Dimension provider is limited to 31-day time ranges")
+        if ("provider" in dims and self.provider_days_back is not None and self.today
+                and start.date() < self.today - DAY * self.provider_days_back):
+            return 400, _error(400, "Dimension provider is only kept for the last 31 days")
         if days > 366:
             return 400, _error(400, "Time range is limited to 365 days")
         if self.analytics_timeout_days is not None and days > self.analytics_timeout_days:

@@ -10,7 +10,15 @@ from bot.compute import aggregate
 from bot.compute.aggregate import DAY, Figures
 from bot.compute.usage import Period, UsageReport, build_report
 from bot.errors import ConfigError
-from bot.models import ActivityRow, ApiKey, Credits, Workspace, key_labels, placeholder_name
+from bot.models import (
+    ActivityRow,
+    ApiKey,
+    Credits,
+    Workspace,
+    key_labels,
+    placeholder_hash,
+    placeholder_name,
+)
 
 if TYPE_CHECKING:
     from bot.openrouter import OpenRouterClient
@@ -111,7 +119,10 @@ def gather_report(
             progress=progress,
             on_key_rows=fold,
         )
-        rows.extend(aggregate.in_range(snap.activity, api_start, period.end))
+        window_rows = aggregate.in_range(snap.activity, api_start, period.end)
+        rows.extend(window_rows)
+        if with_keys:
+            _spend_without_key(window_rows, key_figures)
         for workspace_id, row in snap.workspace_activity:
             if api_start <= row.date <= period.end:
                 workspace_figures.setdefault(workspace_id, Figures()).add(row)
@@ -157,3 +168,16 @@ def gather_report(
         workspace_names=workspace_names,
         missing_days=missing,
     )
+
+
+def _spend_without_key(org_rows: list[ActivityRow], key_figures: dict[str, Figures]) -> None:
+    """What /activity counts for the org beyond every key's own rows (spend made without an
+    API key), as its own line, so the keys add up to the total; history keeps it the same
+    way (the analytics API reports it under no key). Called before history is added."""
+    names = ("usage", "byok_usage", "requests", "prompt_tokens", "completion_tokens",
+             "reasoning_tokens")
+    org = aggregate.totals(org_rows)
+    rest = Figures(*(getattr(org, n) - sum(getattr(f, n) for f in key_figures.values())
+                     for n in names))
+    if rest.cost > 0 or rest.requests > 0:
+        key_figures[placeholder_hash("")] = rest

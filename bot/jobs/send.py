@@ -111,7 +111,8 @@ def build(app: App, job: str, day: dt.date, *, sync: bool = True) -> Built:
     keys = None
     if sync:
         with app.client() as client:
-            keys = run_sync(client, store, now=now).snapshot.keys
+            keys = run_sync(client, store, now=now,
+                            backfill=app.config.history.backfill).snapshot.keys
     latest = store.credits_at(None)
     credits = latest[1] if latest else None
     raw_prev = store.get_meta(CREDITS_META.format(job=job))

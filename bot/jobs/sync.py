@@ -1,18 +1,84 @@
 """The `sync` pipeline: credits, keys (every workspace), activity (org-wide and per key, streamed
-into history as it arrives)."""
+into history as it arrives), then a year of history from the analytics API.
+
+History from the analytics API: on first use back to `history.backfill` (default 365 days),
+afterwards only what is new plus the last two days (they still change); `sync --backfill 90d`
+asks again on demand. Per UTC day it keeps spend by key x model, and by model x provider
+(in windows of 31 days, the API's limit for providers). On the days /activity also covers,
+/activity's figures are kept and the two are compared: a difference of a cent or more is
+logged once, with its size. Without the analytics API (403/404) history is what /activity
+gives, as before.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
-from dataclasses import dataclass
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import TYPE_CHECKING
 
-from bot.models import ActivityRow, ApiKey, Snapshot
+from bot.config import MAX_BACKFILL
+from bot.errors import ApiError
+from bot.models import DAY, SETTLE, ActivityRow, ApiKey, Snapshot, placeholder_name
 
 if TYPE_CHECKING:
     from bot.openrouter import OpenRouterClient
     from bot.store import Store, SyncStats
+
+log = logging.getLogger(__name__)
+
+FROM_META = "history.analytics_from"  # the first day the analytics API filled
+TO_META = "history.analytics_to"  # the last day it filled
+CENT = Decimal("0.01")
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class Disagreement:
+    """Where the analytics API and /activity differ by a cent or more on the days both cover."""
+
+    days: set[dt.date] = field(default_factory=set)
+    models: int = 0
+    keys: int = 0
+    largest: Decimal = Decimal(0)
+    where: str = ""
+
+    def note(self, difference: Decimal, where: str) -> None:
+        if abs(difference) > abs(self.largest):
+            self.largest, self.where = difference, where
+
+    @property
+    def any(self) -> bool:
+        return bool(self.days or self.models or self.keys)
+
+
+@dataclass
+class HistoryFill:
+    """What one sync asked of the analytics API."""
+
+    ranges: list[tuple[dt.date, dt.date]] = field(default_factory=list)
+    queries: int = 0
+    rows: int = 0
+    unavailable: str = ""  # why the analytics API could not be used ("" when it was)
+    disagreement: Disagreement = field(default_factory=Disagreement)
+
+    @property
+    def days(self) -> int:
+        return sum((b - a).days + 1 for a, b in self.ranges)
+
+    def summary(self) -> str:
+        if self.unavailable:
+            return (f"History: analytics API not available ({self.unavailable}); history "
+                    "starts with the 30 days /activity keeps.")
+        if not self.ranges:
+            return "History: up to date."
+        first = min(a for a, _ in self.ranges)
+        last = max(b for _, b in self.ranges)
+        return (f"History: {self.days} days ({first} to {last}) from the analytics API, "
+                f"{self.rows} rows in {self.queries} queries.")
 
 
 @dataclass
@@ -20,18 +86,20 @@ class SyncResult:
     snapshot: Snapshot
     stats: SyncStats
     key_rows: int = 0  # per-key rows fetched (they went to history as they arrived)
+    history: HistoryFill | None = None
 
     def summary(self) -> str:
         s = self.stats
         snap = self.snapshot
         spaces = f" in {len(snap.workspaces)} workspaces" if snap.workspaces else ""
-        return (
+        text = (
             f"Synced as of {snap.as_of:%Y-%m-%d %H:%M} UTC: "
             f"{len(snap.activity)} org rows and {self.key_rows} per-key rows fetched "
             f"({s.activity_new} new, {s.activity_updated} updated), "
             f"{len(snap.keys)} keys{spaces}, credits "
             f"{'recorded' if s.credits_new else 'unchanged'}."
         )
+        return text if self.history is None else f"{text} {self.history.summary()}"
 
 
 def run_sync(
@@ -39,8 +107,14 @@ def run_sync(
     store: Store,
     *,
     now: dt.datetime,
-    progress: Callable[[int, int], None] | None = None,
+    backfill: dt.timedelta = MAX_BACKFILL,
+    refill: dt.timedelta | None = None,
+    progress: Progress | None = None,
+    history_progress: Progress | None = None,
 ) -> SyncResult:
+    """One sync. `backfill` is how far back history should reach (filled once, then kept
+    up to date); `refill` asks the analytics API again for that many days back, whatever
+    history holds (`sync --backfill`)."""
     from bot.store import activity_window
 
     client.check_key()  # before anything is fetched or stored
@@ -59,4 +133,172 @@ def run_sync(
     batch.flush()
     stats = store.save_snapshot(snap)
     stats.add(batch.stats)
-    return SyncResult(snap, stats, fetched)
+    history = fill_history(client, store, snap.keys, now=now, backfill=backfill, refill=refill,
+                           progress=history_progress)
+    return SyncResult(snap, stats, fetched, history)
+
+
+def history_ranges(
+    today: dt.date,
+    latest: dt.date,
+    held: tuple[dt.date, dt.date] | None,
+    backfill: dt.timedelta,
+    refill: dt.timedelta | None = None,
+) -> list[tuple[dt.date, dt.date]]:
+    """The day ranges to ask the analytics API for, newest first: everything back to
+    `backfill` the first time; then what is new plus the last two days held, and any older
+    days a longer `backfill` now wants; with `refill`, that many days again."""
+    oldest = today - MAX_BACKFILL
+    if refill is not None:
+        start = max(oldest, today - refill)
+        return [(start, latest)] if start <= latest else []
+    want = max(oldest, today - backfill)
+    if held is None:
+        return [(want, latest)] if want <= latest else []
+    held_from, held_to = held
+    ranges = []
+    top = max(want, min(held_to, latest) - DAY)
+    if top <= latest:
+        ranges.append((top, latest))
+    if want < held_from:
+        ranges.append((want, min(held_from - DAY, top - DAY)))
+    return [(a, b) for a, b in ranges if a <= b]
+
+
+def fill_history(
+    client: OpenRouterClient,
+    store: Store,
+    live_keys: Sequence[ApiKey],
+    *,
+    now: dt.datetime,
+    backfill: dt.timedelta = MAX_BACKFILL,
+    refill: dt.timedelta | None = None,
+    progress: Progress | None = None,
+) -> HistoryFill:
+    """Fill history from the analytics API (see the module docstring)."""
+    from bot.openrouter import AnalyticsUnavailable
+    from bot.store import SOURCE_ACTIVITY, activity_window
+
+    utc = now.astimezone(dt.UTC)
+    latest = (utc - SETTLE).date() - DAY
+    held_from, held_to = store.get_meta(FROM_META), store.get_meta(TO_META)
+    held = None
+    if held_from and held_to:
+        held = (dt.date.fromisoformat(held_from), dt.date.fromisoformat(held_to))
+    fill = HistoryFill(ranges=history_ranges(utc.date(), latest, held, backfill, refill))
+    if not fill.ranges:
+        return fill
+    # names map back to hashes through every key we know, deleted ones included
+    keys = {k.hash: k for k in store.keys()}
+    keys.update({k.hash: k for k in live_keys})
+    names = store.key_names()
+    overlap = activity_window(now)
+    batch = store.usage_batch(now)
+    both = fill.disagreement
+
+    def remember(first: dt.date, last: dt.date) -> None:
+        old_from, old_to = store.get_meta(FROM_META), store.get_meta(TO_META)
+        store.set_meta(FROM_META, min(first.isoformat(), old_from or "9999"))
+        store.set_meta(TO_META, max(last.isoformat(), old_to or ""))
+
+    def keep_keys(first: dt.date, last: dt.date, rows: list[ActivityRow]) -> None:
+        _compare(store, rows, first, last, overlap, names, both, SOURCE_ACTIVITY)
+        fill.rows += batch.analytics(rows)
+        batch.flush()
+        remember(first, last)
+
+    try:
+        for start, end in fill.ranges:
+            log.debug("analytics: filling %s..%s", start, end)
+            fill.queries += client.key_model_days(start, end, list(keys.values()), keep_keys,
+                                                  progress)
+            fill.queries += _org_days(client, store, start, end, now)
+    except AnalyticsUnavailable as exc:
+        fill.unavailable = exc.reason.split(" ", 1)[0]
+        log.info("analytics API not available (%s); history starts with the 30 days "
+                 "/activity keeps", fill.unavailable)
+        fill.ranges = []
+        return fill
+    if both.any:
+        log.warning(
+            "analytics API and /activity differ by up to $%s (%s) on %d day(s), %d model-day(s) "
+            "and %d key-day(s) of the days both cover; keeping /activity's figures for them",
+            _cents(both.largest), both.where, len(both.days), both.models, both.keys,
+        )
+    return fill
+
+
+def _org_days(
+    client: OpenRouterClient, store: Store, start: dt.date, end: dt.date, now: dt.datetime
+) -> int:
+    """Org-wide days by model x provider; where the API will not split by provider (a 400),
+    by model from the per-key figures, with provider "unknown"."""
+    done_from = end + DAY
+
+    def keep(first: dt.date, last: dt.date, rows: list[ActivityRow]) -> None:
+        nonlocal done_from
+        store.save_org_analytics(rows, first, last, now)
+        done_from = min(done_from, first)
+
+    try:
+        return client.model_provider_days(start, end, keep)
+    except ApiError as exc:
+        if exc.status != 400:
+            raise
+        log.debug("analytics: no provider split before %s (%s); using models alone",
+                  done_from, exc)
+    if start < done_from:
+        rest = store.org_rows_from_keys(start, done_from - DAY)
+        store.save_org_analytics(rest, start, done_from - DAY, now)
+    return 0
+
+
+def _compare(
+    store: Store,
+    rows: list[ActivityRow],
+    first: dt.date,
+    last: dt.date,
+    overlap: tuple[dt.date, dt.date],
+    names: dict[str, str],
+    both: Disagreement,
+    source: int,
+) -> None:
+    """Compare analytics rows with /activity on the days both cover: per day, per day and
+    model (org-wide), per day and key."""
+    a, b = max(first, overlap[0]), min(last, overlap[1])
+    if a > b:
+        return
+    day_cost: dict[dt.date, Decimal] = {}
+    model_cost: dict[tuple[dt.date, str], Decimal] = {}
+    key_cost: dict[tuple[dt.date, str], Decimal] = {}
+    for row in rows:
+        if a <= row.date <= b:
+            day_cost[row.date] = day_cost.get(row.date, Decimal(0)) + row.cost
+            slot = (row.date, row.model_permaslug)
+            model_cost[slot] = model_cost.get(slot, Decimal(0)) + row.cost
+            slot = (row.date, row.key_hash)
+            key_cost[slot] = key_cost.get(slot, Decimal(0)) + row.cost
+    org_days, org_models = store.org_activity_costs(a, b)
+    for day in set(org_days) | set(day_cost):
+        diff = day_cost.get(day, Decimal(0)) - org_days.get(day, Decimal(0))
+        if abs(diff) >= CENT:
+            both.days.add(day)
+            both.note(diff, f"{day}, all keys")
+    for slot in set(org_models) | set(model_cost):
+        diff = model_cost.get(slot, Decimal(0)) - org_models.get(slot, Decimal(0))
+        if abs(diff) >= CENT:
+            both.models += 1
+            both.note(diff, f"{slot[0]}, {slot[1]}")
+    covered = store.covered_key_days(a, b)
+    held = store.key_day_sums(a, b, source)
+    for slot in {(d, h) for h, d in covered}:
+        have = held.get(slot)
+        diff = key_cost.get(slot, Decimal(0)) - (have[0] + have[1] if have else Decimal(0))
+        if abs(diff) >= CENT:
+            both.keys += 1
+            name = names.get(slot[1]) or placeholder_name(slot[1]) or slot[1][:12]
+            both.note(diff, f"{slot[0]}, key {name}")
+
+
+def _cents(value: Decimal) -> str:
+    return f"{abs(value):,.2f}"

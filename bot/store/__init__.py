@@ -749,6 +749,21 @@ class Store:
             for h, d, u, b, r, p, c, x in found
         ]
 
+    def org_activity_costs(
+        self, start: dt.date, end: dt.date
+    ) -> tuple[dict[dt.date, Decimal], dict[tuple[dt.date, str], Decimal]]:
+        """Cost per day, and per (day, model permaslug), of the org-wide rows /activity gave
+        (not those the analytics API filled in), for comparing the two APIs."""
+        days: dict[dt.date, Decimal] = {}
+        models: dict[tuple[dt.date, str], Decimal] = {}
+        for row in self.activity(start, end, ""):
+            if row.endpoint_id.startswith(ANALYTICS_ENDPOINT):
+                continue
+            days[row.date] = days.get(row.date, Decimal(0)) + row.cost
+            slot = (row.date, row.model_permaslug)
+            models[slot] = models.get(slot, Decimal(0)) + row.cost
+        return days, models
+
     def key_day_sums(
         self, start: dt.date, end: dt.date, source: int = SOURCE_ACTIVITY
     ) -> dict[tuple[dt.date, str], Sums]:
