@@ -356,7 +356,8 @@ def test_sync_backfill_on_demand_and_its_config(
     assert main(["--config", "c.yaml", "sync", "--backfill", "90d"], now=lambda: NOW) == 0
     assert "History: 90 days" in capsys.readouterr().out
     assert main(["--config", "c.yaml", "sync", "--backfill", "400d"], now=lambda: NOW) == 2
-    assert "--backfill: expected whole days from 1d to 365d" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith("openrouter-usage: error: --backfill: ") and "365d" in err
     Path("c.yaml").write_text("history:\n  backfill: 2h\n")
     assert main(["--config", "c.yaml", "sync"], now=lambda: NOW) == 2
     assert "history.backfill: expected whole days" in capsys.readouterr().err
