@@ -34,10 +34,20 @@ ALERT_KINDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "low_credits": (("below_usd", "below_percent"), ()),
     "runway": (("below_days",), ()),
     "daily_spend": (("above_usd",), ()),
-    "spike": (("factor",), ("min_usd",)),
-    "key_limit": (("below_percent",), ()),
+    "spike": (("factor",), ("min_usd", "baseline", "per", "key", "model")),
+    "key_limit": (("below_percent", "forecast"), ("key",)),
     "model_spend": (("above_usd",), ("model",)),
+    "budget": (("amount_usd",), ("period", "notify_at", "forecast", "per", "key", "model")),
 }
+BudgetPeriod = Literal["day", "week", "month"]
+Scope = Literal["account", "key", "model"]
+Baseline = Literal["weekday", "7d"]
+SCOPES: dict[str, tuple[Scope, ...]] = {
+    "budget": ("account", "key", "model"),
+    "spike": ("account", "key", "model"),
+}
+DEFAULT_NOTIFY_AT = (Decimal(50), Decimal(80), Decimal(100))
+MAX_BURN_WINDOW = dt.timedelta(hours=3)  # the analytics API's limit for minute buckets
 
 _DURATION = re.compile(r"^\s*(?:(\d+)d)?\s*(?:(\d+)h)?\s*(?:(\d+)m)?\s*(?:(\d+)s)?\s*$")
 _CLOCK = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)(?::([0-5]\d))?$")
@@ -126,6 +136,18 @@ class AlertRule:
     factor: Decimal | None = None
     min_usd: Decimal = Decimal(0)
     model: str | None = None
+    # budget: `amount_usd` per `period`, notices at `notify_at` percent, optional forecast
+    amount_usd: Decimal | None = None
+    period: BudgetPeriod = "month"
+    notify_at: tuple[Decimal, ...] = DEFAULT_NOTIFY_AT
+    forecast: bool = False  # budget, key_limit: alert on the projected end of the period
+    # what a budget, spike or burn_rate rule watches: the account, each key or each model
+    # (`key` and `model` narrow it to one; a key by its name or hash)
+    per: Scope = "account"
+    key: str | None = None
+    baseline: Baseline = "weekday"  # spike: the same weekday's median, or the 7-day average
+    above_usd_per_hour: Decimal | None = None  # burn_rate
+    window: dt.timedelta = dt.timedelta(minutes=15)  # burn_rate
 
     @property
     def id(self) -> str:
@@ -704,21 +726,57 @@ def _alerts(sec: _Section) -> AlertsConfig:
     return AlertsConfig(check_every, repeat_every, hysteresis, to, rules)
 
 
+def _percents(value: Any, path: str) -> tuple[Decimal, ...]:
+    if not isinstance(value, list) or not value:
+        raise ConfigError(f"{path}: expected a list of percentages such as [50, 80, 100]")
+    out = [_decimal(v, f"{path}[{i}]") for i, v in enumerate(value)]
+    for i, v in enumerate(out):
+        if v <= 0:
+            raise ConfigError(f"{path}[{i}]: expected a percentage above 0")
+    return tuple(sorted(set(out)))
+
+
+def _window(value: Any, path: str) -> dt.timedelta:
+    window = parse_duration(value, path)
+    if window > MAX_BURN_WINDOW:
+        raise ConfigError(f"{path}: at most 3h (the longest window of minute data)")
+    return window
+
+
+# how each rule option is read (thresholds not listed here are non-negative numbers)
+_RULE_OPTIONS: dict[str, Callable[[Any, str], Any]] = {
+    "model": _str,
+    "key": _str,
+    "period": _choice("day", "week", "month"),
+    "notify_at": _percents,
+    "forecast": _bool,
+    "baseline": _choice("weekday", "7d"),
+    "window": _window,
+}
+
+
 def _rule(data: Any, index: int, path: str) -> AlertRule:
     sec = _Section(data, path)
     kind = sec.get("kind", _choice(*ALERT_KINDS), None)
     if kind is None:
         raise ConfigError(f"{path}.kind: required, one of {', '.join(ALERT_KINDS)}")
     required, extras = ALERT_KINDS[kind]
-    values = {k: sec.get(k, _decimal) for k in required + tuple(x for x in extras if x != "model")}
-    if all(values[k] is None for k in required):
+    values = {k: sec.get(k, _RULE_OPTIONS.get(k, _decimal))
+              for k in required + extras if k != "per"}
+    if all(values[k] in (None, False) for k in required):
         raise ConfigError(f"{path}: a {kind} rule needs {' or '.join(required)}")
+    if "per" in extras:
+        narrowed = [k for k in ("key", "model") if values.get(k) is not None]
+        default = narrowed[0] if narrowed else "account"
+        values["per"] = sec.get("per", _choice(*SCOPES[kind]), default)
+        for k in narrowed:
+            if values["per"] != k:
+                raise ConfigError(f"{path}.{k}: only with per: {k}")
     rule = AlertRule(
         kind=kind,
         index=index,
         name=sec.get("name", _str, ""),
         to=sec.get("to", _destinations, ()),
-        model=sec.get("model", _str) if "model" in extras else None,
         **{k: v for k, v in values.items() if v is not None},
     )
     sec.finish()

@@ -235,6 +235,12 @@ class DestinationKind(StrEnum):
     EMAIL = "email"
     STDOUT = "stdout"
 
+    @property
+    def tracks_lifecycle(self) -> bool:
+        """Whether the place follows an alert's whole lifecycle (an incident opened and
+        closed), so it is also told what people reading a channel need not be."""
+        return False
+
 
 @dataclass(frozen=True, slots=True)
 class Destination:

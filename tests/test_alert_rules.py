@@ -22,7 +22,7 @@ MARGIN = D("0.05")
 
 def inputs(remaining: str = "100", total: str = "1000", rows=None, keys=None) -> Inputs:
     credits = Credits(D(total), D(total) - D(remaining))
-    return Inputs(day=DAY, credits=credits, keys=keys or [], rows=rows or [])
+    return Inputs(as_of=T0, day=DAY, credits=credits, keys=keys or [], rows=rows or [])
 
 
 LOW = AlertRule(kind="low_credits", index=0, below_usd=D(50))
@@ -107,7 +107,7 @@ def test_low_credits_with_both_thresholds_fires_on_either_and_clears_on_both() -
 
 
 def test_low_credits_needs_credits() -> None:
-    data = Inputs(day=DAY, credits=None, keys=[], rows=[])
+    data = Inputs(as_of=T0, day=DAY, credits=None, keys=[], rows=[])
     assert evaluate(LOW, data, MARGIN) == []
 
 
@@ -151,7 +151,7 @@ def week_of(usage: str) -> list:
 
 
 def test_spike_needs_factor_and_minimum() -> None:
-    rule = AlertRule(kind="spike", index=3, factor=D(2), min_usd=D(20))
+    rule = AlertRule(kind="spike", index=3, factor=D(2), min_usd=D(20), baseline="7d")
     obs = one(rule, inputs(rows=week_of("10") + [row("2026-11-24", usage="25")]))
     assert state_of(obs) == FIRING
     assert (obs.value, obs.threshold) == (D(25), D(20))  # the line: 2 x the $10 average
@@ -162,13 +162,13 @@ def test_spike_needs_factor_and_minimum() -> None:
 
 
 def test_spike_clears_with_margin_under_the_line_or_the_minimum() -> None:
-    rule = AlertRule(kind="spike", index=3, factor=D(2), min_usd=D(5))
+    rule = AlertRule(kind="spike", index=3, factor=D(2), min_usd=D(5), baseline="7d")
     at = lambda usage: one(rule, inputs(rows=week_of("10") + [row("2026-11-24", usage=usage)]))  # noqa: E731
     assert state_of(at("21")) == FIRING
     assert state_of(at("20")) == HOVER  # at the line
     assert state_of(at("19.5")) == HOVER  # inside 5% of $20
     assert state_of(at("19")) == CLEAR
-    tiny = AlertRule(kind="spike", index=3, factor=D(2), min_usd=D(100))
+    tiny = AlertRule(kind="spike", index=3, factor=D(2), min_usd=D(100), baseline="7d")
     assert state_of(one(tiny, inputs(rows=week_of("10") + [row("2026-11-24", usage="96")]))) \
         == HOVER
     assert state_of(one(tiny, inputs(rows=week_of("10") + [row("2026-11-24", usage="95")]))) \

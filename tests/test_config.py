@@ -37,6 +37,8 @@ def test_example_config_is_valid() -> None:
         "spike",
         "key_limit",
         "model_spend",
+        "budget",
+        "budget",
     ]
     assert cfg.alerts.rules[0].below_usd == 50.0
     assert cfg.alerts.rules[5].id == "expensive-model"

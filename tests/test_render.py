@@ -525,9 +525,9 @@ def test_missing_templates_dir_is_a_config_error(tmp_path: Path) -> None:
 def alert_obs(rule: Any, remaining: str = "40", rows: Any = (), keys: Any = ()) -> Any:
     from bot.compute.alert_rules import Inputs, evaluate
 
-    data = Inputs(day=DAY, credits=Credits(Decimal(1000), 1000 - Decimal(remaining)),
-                  keys=list(keys), rows=list(rows))
-    [obs] = evaluate(rule, data, Decimal("0.05"))
+    credits = Credits(Decimal(1000), 1000 - Decimal(remaining))
+    data = Inputs(as_of=AS_OF, day=DAY, credits=credits, keys=list(keys), rows=list(rows))
+    [obs] = evaluate(rule, data, Decimal("0.05"))[:1]
     return obs
 
 
@@ -560,7 +560,7 @@ def alert_cases() -> list[tuple[Any, tuple[str, ...]]]:
           "Spend today (UTC) is $101.00, above $100.00",
           "See which keys and models are spending at https://openrouter.ai/activity.",
           "https://openrouter.ai/activity")),
-        (alert_obs(AlertRule(kind="spike", index=0, factor=D(2), min_usd=D(20)),
+        (alert_obs(AlertRule(kind="spike", index=0, factor=D(2), min_usd=D(20), baseline="7d"),
                    rows=week + [row("2026-11-24", usage="25")]),
          ("Spend spike", "spend on 2026-11-24", "$25.00",
           "2x the 7-day average ($10.00) and $20.00",
@@ -579,6 +579,14 @@ def alert_cases() -> list[tuple[Any, tuple[str, ...]]]:
           "vendor/model cost $60.00 on 2026-11-24 (UTC)",
           "Check which keys use vendor/model: `openrouter-usage report --date 2026-11-24 "
           "--by-key`.", "https://openrouter.ai/activity")),
+        (alert_obs(AlertRule(kind="budget", index=0, amount_usd=D(1000), notify_at=(D(50),)),
+                   rows=[row(f"2026-11-{d:02d}", usage="25") for d in range(1, 25)],
+                   keys=[ApiKey("h", "k", usage_daily=D(20))]),
+         ("Budget: the account, November 2026 (UTC)", "the account", "$620.00 of $1,000.00 "
+          "(62.0%)", "50% of $1,000.00", "The account has spent 62.0% of its $1,000.00 monthly "
+          "budget: $620.00 in November 2026 (UTC)", "See what drives it with `openrouter-usage "
+          "report --from 2026-11-01 --by-key`; slow the spend or raise the budget.",
+          "https://openrouter.ai/activity")),
     ]
 
 

@@ -19,9 +19,11 @@ from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any, Literal
 
-from bot.compute import aggregate
+from bot.compute import aggregate, forecast
 from bot.compute.aggregate import DAY
 from bot.compute.digest import today_so_far
+from bot.compute.explain import Explanation, explain
+from bot.compute.forecast import PeriodKind, Span, daily_costs, span_of
 from bot.config import AlertRule
 from bot.models import ZERO, ActivityRow, AlertState, ApiKey, Credits
 
@@ -48,16 +50,35 @@ class Observation:
     name: str = ""  # what people call the subject (a key's or a model's name); "" for the account
     facts: dict[str, Any] = field(default_factory=dict)
     gone: bool = False
+    # which check of the rule this is ("" for the rule's one check; budgets: "notify" at a
+    # percentage, "forecast"; key_limit: "forecast")
+    aspect: str = ""
+    # a notice that fires once in its period, never repeats and never resolves in words (a
+    # budget's percentage reached); `quiet` when a higher percentage fired in the same check
+    once: bool = False
+    quiet: bool = False
+    why: Explanation | None = None  # the top contributors and volume vs price, when known
 
 
 @dataclass(frozen=True)
 class Inputs:
-    """What the rules look at, fetched together."""
+    """What the rules look at, all fetched at `as_of`."""
 
+    as_of: dt.datetime
     day: dt.date  # the latest completed UTC day
     credits: Credits | None
     keys: list[ApiKey]
-    rows: list[ActivityRow]  # org-wide rows covering day-7 .. day
+    rows: list[ActivityRow]  # org-wide rows covering at least day-34 .. day (and the days after)
+    # per key x model rows over the same days, from history ([] when never synced per key)
+    key_rows: list[ActivityRow] = field(default_factory=list)
+    names: dict[str, str] = field(default_factory=dict)  # key hash -> name, deleted keys too
+
+    @property
+    def today(self) -> dt.date:
+        return self.as_of.astimezone(dt.UTC).date()
+
+    def key_name(self, key_hash: str) -> str:
+        return self.names.get(key_hash) or key_hash[:12]
 
 
 def below(value: Decimal, limit: Decimal, margin: Decimal) -> tuple[bool, bool]:
@@ -114,41 +135,235 @@ def daily_spend(rule: AlertRule, data: Inputs, margin: Decimal) -> list[Observat
     return [Observation(rule, "account", today.cost, limit, *above(today.cost, limit, margin))]
 
 
+@dataclass(frozen=True)
+class Scoped:
+    """One subject a rule watches, with its own rows."""
+
+    subject: str  # "account", a key hash or a model name
+    name: str  # what people call it ("" for the account)
+    rows: list[ActivityRow]  # its daily series (org-wide rows, or a key's own)
+    detail: list[ActivityRow]  # its key x model rows, for explanations ([] when unknown)
+
+
+def _matches_key(rule: AlertRule, key_hash: str, name: str) -> bool:
+    return rule.key is None or rule.key in (key_hash, name)
+
+
+def scoped(rule: AlertRule, data: Inputs) -> list[Scoped]:
+    """The subjects of a rule with `per`: the account, each key or each model (or just the
+    one key or model the rule names)."""
+    if rule.per == "account":
+        return [Scoped("account", "", data.rows, data.key_rows)]
+    if rule.per == "key":
+        by_key: dict[str, list[ActivityRow]] = {}
+        for r in data.key_rows:
+            by_key.setdefault(r.key_hash, []).append(r)
+        return [Scoped(h, data.key_name(h), rows, rows) for h, rows in sorted(by_key.items())
+                if _matches_key(rule, h, data.key_name(h))]
+    by_model: dict[str, list[ActivityRow]] = {}
+    for r in data.rows:
+        if rule.model is None or r.model == rule.model:
+            by_model.setdefault(r.model, []).append(r)
+    detail: dict[str, list[ActivityRow]] = {}
+    for r in data.key_rows:
+        detail.setdefault(r.model, []).append(r)
+    return [Scoped(m, m, rows, detail.get(m, [])) for m, rows in sorted(by_model.items())]
+
+
+def why(scope: Scoped, data: Inputs, days: list[dt.date], baseline: list[dt.date]
+        ) -> Explanation:
+    """The subject's spend on `days` explained against its average over `baseline` days: by
+    key x model from per-key history, else by model from the org-wide rows."""
+    rows, by_key = (scope.detail, True) if scope.detail else (scope.rows, False)
+    now = [r for r in rows if r.date in set(days)]
+    before = [r for r in rows if r.date in set(baseline)]
+    return explain(now, before, data.names, days=len(days), baseline_days=len(baseline),
+                   by_key=by_key)
+
+
 def spike(rule: AlertRule, data: Inputs, margin: Decimal) -> list[Observation]:
-    """The latest day's cost above `factor` x the trailing 7-day average and above `min_usd`."""
-    on_day = aggregate.totals(aggregate.in_range(data.rows, data.day, data.day)).cost
-    week_before = aggregate.in_range(data.rows, data.day - DAY * 7, data.day - DAY)
-    average = aggregate.totals(week_before).cost / 7
-    factor = rule.factor or ZERO
-    line, floor = factor * average, rule.min_usd
-    firing = on_day > line and on_day > floor
-    clear = on_day <= line * (1 - margin) or on_day <= floor * (1 - margin)
-    return [
-        Observation(
-            rule, "account", on_day, line, firing, clear,
-            facts={"day": data.day, "average": average, "factor": factor, "min_usd": floor,
-                   "change": aggregate.change(on_day, average)},
-        )
-    ]
-
-
-def key_limit(rule: AlertRule, data: Inputs, margin: Decimal) -> list[Observation]:
-    """Per key with a limit: the percentage of it left, below `below_percent`."""
+    """The latest day's cost above `factor` x its usual (the median of the same weekday in the
+    4 weeks before, or with `baseline: 7d` the trailing 7-day average) and above `min_usd`;
+    for the account, each key or each model."""
     out = []
-    limit = rule.below_percent or ZERO
-    for key in data.keys:
-        if key.disabled or key.limit is None or key.limit <= 0:
-            continue
-        left = key.limit_remaining if key.limit_remaining is not None else key.limit
-        percent = left / key.limit * HUNDRED
+    factor = rule.factor or ZERO
+    day = data.day
+    if rule.baseline == "weekday":
+        baseline_days = [day - DAY * 7 * i for i in range(1, forecast.WEEKS + 1)]
+    else:
+        baseline_days = [day - DAY * i for i in range(1, 8)]
+    for scope in scoped(rule, data):
+        daily = daily_costs(scope.rows)
+        on_day = daily.get(day, ZERO)
+        if rule.baseline == "weekday":
+            usual = forecast.weekday_median(daily, day)
+        else:
+            usual = sum((daily.get(d, ZERO) for d in baseline_days), ZERO) / 7
+        line, floor = factor * usual, rule.min_usd
+        firing = on_day > line and on_day > floor
+        clear = on_day <= line * (1 - margin) or on_day <= floor * (1 - margin)
+        if scope.subject != "account" and not (on_day or usual):
+            continue  # a key or model idle on both: nothing to watch
         out.append(
             Observation(
-                rule, key.hash, percent, limit, *below(percent, limit, margin),
-                name=key.display_name,
-                facts={"left": left, "limit": key.limit, "limit_reset": key.limit_reset},
+                rule, scope.subject, on_day, line, firing, clear, name=scope.name,
+                facts={"day": day, "average": usual, "factor": factor, "min_usd": floor,
+                       "baseline": rule.baseline, "change": aggregate.change(on_day, usual)},
+                why=why(scope, data, [day], baseline_days) if firing else None,
             )
         )
     return out
+
+
+def key_limit(rule: AlertRule, data: Inputs, margin: Decimal) -> list[Observation]:
+    """Per key with a limit: the percentage of it left, below `below_percent`; with
+    `forecast`, whether it runs out before the limit resets (within 7 days for a limit that
+    never resets) at the key's pace."""
+    out = []
+    limit = rule.below_percent
+    daily_usage = _key_daily_usage(data.key_rows)
+    for key in data.keys:
+        if key.disabled or key.limit is None or key.limit <= 0:
+            continue
+        if not _matches_key(rule, key.hash, key.display_name):
+            continue
+        left = key.limit_remaining if key.limit_remaining is not None else key.limit
+        facts = {"left": left, "limit": key.limit, "limit_reset": key.limit_reset}
+        if limit is not None:
+            percent = left / key.limit * HUNDRED
+            out.append(Observation(rule, key.hash, percent, limit, *below(percent, limit, margin),
+                                   name=key.display_name, facts=facts))
+        if rule.forecast:
+            proj = _limit_projection(key, left, daily_usage.get(key.hash, {}), data)
+            if proj is None:
+                continue
+            out.append(Observation(
+                rule, f"{key.hash} forecast", proj.total, key.limit, proj.over,
+                proj.total <= key.limit * (1 - margin), name=key.display_name,
+                aspect="forecast",
+                facts={**facts, "projection": proj, "crossing": proj.crossing,
+                       "key_hash": key.hash},
+            ))
+    return out
+
+
+_RESETS: dict[str, PeriodKind] = {"daily": "day", "weekly": "week", "monthly": "month"}
+LIFETIME_HORIZON = 7  # days a limit that never resets is forecast over
+
+
+def _key_daily_usage(rows: list[ActivityRow]) -> dict[str, dict[dt.date, Decimal]]:
+    """Key hash -> OpenRouter usage (credits, what a key's limit counts) per UTC day."""
+    out: dict[str, dict[dt.date, Decimal]] = {}
+    for r in rows:
+        days = out.setdefault(r.key_hash, {})
+        days[r.date] = days.get(r.date, ZERO) + r.usage
+    return out
+
+
+def _limit_projection(
+    key: ApiKey, left: Decimal, daily: dict[dt.date, Decimal], data: Inputs
+) -> forecast.Projection | None:
+    assert key.limit is not None
+    today = data.today
+    period = _RESETS.get((key.limit_reset or "").lower())
+    end = span_of(period, today).end if period else today + DAY * (LIFETIME_HORIZON - 1)
+    used = key.limit - left
+    if not daily:
+        return None  # no history of the key's own: no pace to project
+    pace = forecast.level(daily, data.day)
+    weights = forecast.weekday_weights(daily, data.day)
+    return forecast.project(used, limit=key.limit, first=today,
+                            first_done=forecast.day_fraction(data.as_of), end=end, pace=pace,
+                            weights=weights)
+
+
+# --- budgets ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Spent:
+    """What a budget's subject spent in the period so far and how far that is known."""
+
+    scope: Scoped
+    spent: Decimal
+    first: dt.date  # the first day not (fully) counted in `spent`
+    first_done: Decimal  # the part of `first` counted (0..1)
+
+
+_KEY_PERIOD = {"day": "daily", "week": "weekly", "month": "monthly"}
+
+
+def _budget_spent(rule: AlertRule, data: Inputs, span: Span) -> list[_Spent]:
+    today, fraction = data.today, forecast.day_fraction(data.as_of)
+    before = today - DAY
+    out = []
+    if rule.per == "key":
+        keys = {k.hash: k for k in data.keys}
+        scopes = {s.subject: s for s in scoped(rule, data)}
+        for k in sorted(keys.values(), key=lambda k: k.hash):
+            if not _matches_key(rule, k.hash, k.display_name) or k.disabled:
+                continue
+            suffix = _KEY_PERIOD[span.kind]
+            spent = getattr(k, f"usage_{suffix}") + getattr(k, f"byok_usage_{suffix}")
+            scope = scopes.get(k.hash, Scoped(k.hash, k.display_name, [], []))
+            out.append(_Spent(scope, spent, today, fraction))
+        return out
+    for scope in scoped(rule, data):
+        spent = aggregate.totals(aggregate.in_range(scope.rows, span.start, before)).cost
+        if rule.per == "account" and data.keys:
+            so_far = today_so_far(data.keys)
+            assert so_far is not None
+            out.append(_Spent(scope, spent + so_far.cost, today, fraction))
+        else:  # a model's spend today is not known before the day is over
+            out.append(_Spent(scope, spent, today, ZERO))
+    return out
+
+
+def budget(rule: AlertRule, data: Inputs, margin: Decimal) -> list[Observation]:
+    """Spend in the current `period` against `amount_usd`: a notice at each `notify_at`
+    percentage (once per period), and with `forecast` an alert while the projected spend at
+    the period's end is over the budget, naming the day it is crossed."""
+    amount = rule.amount_usd or ZERO
+    span = span_of(rule.period, data.today)
+    out = []
+    for s in _budget_spent(rule, data, span):
+        who = s.scope.subject
+        percent = s.spent / amount * HUNDRED if amount > 0 else ZERO
+        facts: dict[str, Any] = {"spent": s.spent, "amount": amount, "span": span,
+                                 "percent": percent, "known_through": s.first - DAY
+                                 if s.first_done == 0 else None}
+        reached = [p for p in rule.notify_at if percent >= p]
+        for p in rule.notify_at:
+            out.append(Observation(
+                rule, f"{who} {span.key} {percent_label(p)}", percent, p, percent >= p, False,
+                name=s.scope.name, aspect="notify", once=True,
+                quiet=bool(reached) and p < max(reached), facts=facts,
+            ))
+        if not rule.forecast:
+            continue
+        daily = daily_costs(s.scope.rows)
+        history = any(daily.get(data.day - DAY * i) for i in range(forecast.WEEKS * 7))
+        if history:
+            pace = forecast.level(daily, data.day)
+            weights = forecast.weekday_weights(daily, data.day)
+        else:  # no history: the period's own pace so far, flat across weekdays
+            elapsed = Decimal((s.first - span.start).days) + s.first_done
+            if elapsed < 1:
+                continue  # under a day of data: too little to project
+            pace, weights = s.spent / elapsed, (Decimal(1),) * 7
+        proj = forecast.project(s.spent, limit=amount, first=s.first, first_done=s.first_done,
+                                end=span.end, pace=pace, weights=weights)
+        out.append(Observation(
+            rule, f"{who} {span.key} forecast", proj.total, amount, proj.over,
+            proj.total <= amount * (1 - margin), name=s.scope.name, aspect="forecast",
+            facts={**facts, "projection": proj, "crossing": proj.crossing},
+        ))
+    return out
+
+
+def percent_label(percent: Decimal) -> str:
+    """`50%`: a budget notice's part of its subject."""
+    return f"{percent.normalize():f}%"
 
 
 def model_spend(rule: AlertRule, data: Inputs, margin: Decimal) -> list[Observation]:
@@ -173,6 +388,7 @@ RULES: dict[str, Rule] = {
     "spike": spike,
     "key_limit": key_limit,
     "model_spend": model_spend,
+    "budget": budget,
 }
 
 
@@ -182,8 +398,10 @@ def evaluate(rule: AlertRule, data: Inputs, margin: Decimal) -> list[Observation
 
 
 def gone(rule: AlertRule, subject: str, name: str) -> Observation:
-    """A firing subject that is no longer observed (model unused, key removed) has cleared."""
-    return Observation(rule, subject, None, None, firing=False, clear=True, name=name, gone=True)
+    """A firing subject that is no longer observed (model unused, key removed) has cleared.
+    A budget's alerts end with their period: quietly, as the new period starts clean."""
+    return Observation(rule, subject, None, None, firing=False, clear=True, name=name, gone=True,
+                       quiet=rule.kind == "budget")
 
 
 def _figure(value: Decimal | None) -> str:
@@ -201,6 +419,8 @@ def step(
         return state, None
     if obs.clear and not obs.firing:
         return replace(state, status="resolved", value=value, last_notified_at=now), "resolve"
+    if obs.once:  # a notice: said once, kept until its period ends
+        return replace(state, value=value), None
     if now - state.last_notified_at >= repeat_every:
         return replace(state, value=value, last_notified_at=now), "repeat"
     return replace(state, value=value), None

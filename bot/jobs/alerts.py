@@ -46,6 +46,12 @@ class Event:
     obs: Observation
     state: AlertState
 
+    @property
+    def quiet(self) -> bool:
+        """Told only to destinations that track an alert's lifecycle (PagerDuty, webhooks):
+        a budget notice superseded by a higher one, the end of a budget's period."""
+        return self.obs.quiet
+
 
 @dataclass
 class AlertsResult:
@@ -95,15 +101,46 @@ def plan(
     return events, next_states
 
 
+# days of history the rules look at: 4 weeks of weekdays before the latest day, and the month
+SPAN_DAYS = 35
+# rules that read per-key history (explanations, per-key baselines and paces)
+_PER_KEY_KINDS = ("spike", "budget", "key_limit", "burn_rate")
+
+
 def gather_inputs(app: App, now: dt.datetime, *, save: bool = True) -> Inputs:
-    """Fetch credits, keys and activity once (and keep them in history unless `save` is off)."""
+    """Fetch credits, keys and activity once (and keep them in history unless `save` is off);
+    per key too, once a day, when a rule reads per-key history that lacks the latest day."""
+    store = app.store() if save else app.existing_store()
+    day = aggregate.latest_complete_day(now)
     with app.client() as client:
         snap = client.snapshot(now=now, credits=True, keys=True, per_key=False)
+        if _needs_per_key(app.config.alerts.rules) and not _per_key_current(store, day):
+            log.info("alerts: per-key history lacks %s; fetching activity per key", day)
+            snap = client.snapshot(now=now, credits=True, keys=True, per_key=True)
     if save:
-        app.store().save_snapshot(snap)
-    day = aggregate.latest_complete_day(now)
-    rows = aggregate.in_range(snap.activity, day - DAY * 7, day)
-    return Inputs(day=day, credits=snap.credits, keys=snap.keys, rows=rows)
+        assert store is not None
+        store.save_snapshot(snap)
+    start = day - DAY * SPAN_DAYS
+    first_fetched = aggregate.api_window(now)[0]
+    rows = [r for r in snap.activity if r.date >= start]
+    key_rows = [r for rows_ in snap.key_activity.values() for r in rows_ if r.date >= start]
+    names = {k.hash: k.display_name for k in snap.keys}
+    if store is not None:
+        rows = store.activity(start, first_fetched - DAY, "") + rows
+        if not snap.key_activity:
+            key_rows = store.key_model_rows(start, now.date())
+        names = {**store.key_names(), **names}
+    return Inputs(as_of=now, day=day, credits=snap.credits, keys=snap.keys, rows=rows,
+                  key_rows=key_rows, names=names)
+
+
+def _needs_per_key(rules: tuple[AlertRule, ...]) -> bool:
+    return any(r.kind in _PER_KEY_KINDS for r in rules)
+
+
+def _per_key_current(store: Store | None, day: dt.date) -> bool:
+    """Whether history holds per-key activity for `day` (a sync fetched it after it ended)."""
+    return store is not None and bool(store.covered_key_days(day, day))
 
 
 def destinations(app: App, rule: AlertRule) -> list[Destination]:
@@ -200,6 +237,8 @@ def _evaluate_and_deliver(app: App, now: dt.datetime, *, dry_run: bool) -> Alert
     for event in events:
         outcomes = []
         for dest in destinations(app, event.obs.rule):
+            if event.quiet and not dest.kind.tracks_lifecycle:
+                continue
             msg = render(renderer, event, dest, cfg.repeat_every)
             if dry_run:
                 result.previews.append(

@@ -20,6 +20,11 @@ def money(value: Decimal | float | int | None) -> str:
     return f"{sign}${abs(rounded):,.2f}"
 
 
+def signed_money(value: Decimal) -> str:
+    """`+$12.30` / `-$1.00`: a difference in money."""
+    return ("+" if value >= 0 else "") + money(value)
+
+
 def change_pct(ratio: Decimal) -> Decimal:
     """A relative change (0.123) as the percentage shown, rounded to one place (12.3)."""
     return (ratio * 100).quantize(Decimal("0.1"), rounding=ROUND_HALF_UP)
@@ -56,6 +61,25 @@ def number(value: Decimal) -> str:
 def count(value: int) -> str:
     """Whole numbers with thousands separators."""
     return f"{value:,}"
+
+
+def amount(value: Decimal | int) -> str:
+    """A count that may be an average (requests on a usual day), whole: `1,204`."""
+    return f"{Decimal(value).quantize(Decimal(1), rounding=ROUND_HALF_UP):,}"
+
+
+def tokens(value: Decimal | int) -> str:
+    """A token count at a glance: `320`, `9.5k`, `4.1M`, `2.3B`."""
+    n = Decimal(value)
+    for size, suffix in ((Decimal(10) ** 9, "B"), (Decimal(10) ** 6, "M"), (Decimal(1000), "k")):
+        if abs(n) >= size:
+            return f"{(n / size).quantize(Decimal('0.1'), rounding=ROUND_HALF_UP)}{suffix}"
+    return amount(n)
+
+
+def first_upper(text: str) -> str:
+    """The text with its first letter made upper case (the rest untouched, unlike capitalize)."""
+    return text[:1].upper() + text[1:]
 
 
 def days_label(value: Decimal | None) -> str:

@@ -35,7 +35,7 @@ import logging
 import re
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, fields
 from decimal import Decimal
 from importlib.resources import files
 from pathlib import Path
@@ -166,6 +166,10 @@ def _fit_names(names: list[str], budget: int = SLACK_LIST_BUDGET) -> Shown:
 
 FILTERS: dict[str, Callable[..., Any]] = {
     "money": fmt.money,
+    "signed_money": fmt.signed_money,
+    "amount": fmt.amount,
+    "tokens": fmt.tokens,
+    "capitalize_first": fmt.first_upper,
     "change": fmt.change,
     "day": _day,
     "short_day": _short_day,
@@ -300,6 +304,7 @@ class AlertWords:
     advice: str  # what to do
     link: str  # where to act (a trusted OpenRouter URL), or ""
     note: str  # why it cleared when not by its value, or ""
+    why: str = ""  # top contributors and volume vs price, one fact a line; "" when unknown
 
 
 ALERT_WORDS = "_alert_words.j2"
@@ -395,9 +400,11 @@ class Renderer:
         template = self._template(ALERT_WORDS)
         try:
             macros = template.module
-            # called from Python, the macros return plain str (never Markup): callers escape them
+            # called from Python, the macros return plain str (never Markup): callers escape
+            # them. A macro with a default (added later) may be missing from a user's copy.
             return AlertWords(**{f.name: str(getattr(macros, f.name)(obs)).strip()
-                                 for f in fields(AlertWords)})
+                                 for f in fields(AlertWords)
+                                 if f.default is MISSING or hasattr(macros, f.name)})
         except (*_TEMPLATE_ERRORS, AttributeError) as exc:  # AttributeError: a macro is missing
             raise _template_error(template.filename or ALERT_WORDS, exc) from exc
 

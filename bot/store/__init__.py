@@ -732,6 +732,23 @@ class Store:
             for d, slug, u, b, r, p, c, x in found
         ]
 
+    def key_model_rows(self, start: dt.date, end: dt.date) -> list[ActivityRow]:
+        """Every key's rows dated `start`..`end`, one per key, day and model (for alerts that
+        say which key x model moved)."""
+        names = self.model_names()
+        found = self.conn.execute(
+            "SELECT k.hash, u.date, m.permaslug, u.usage, u.byok_usage, u.requests, "
+            "u.prompt_tokens, u.completion_tokens, u.reasoning_tokens FROM key_usage u "
+            "JOIN key_ids k ON k.id = u.key_id JOIN model_ids m ON m.id = u.model_id "
+            "WHERE u.date BETWEEN ? AND ? ORDER BY u.date, k.hash, m.permaslug",
+            (start.isoformat(), end.isoformat()),
+        ).fetchall()
+        return [
+            ActivityRow(dt.date.fromisoformat(d), names.get(slug, slug), slug, "", "",
+                        _from_pico(u), _from_pico(b), r, p, c, x, key_hash=h)
+            for h, d, slug, u, b, r, p, c, x in found
+        ]
+
     def key_period_rows(self, start: dt.date, end: dt.date) -> list[ActivityRow]:
         """Each key's figures summed in SQL per calendar month of `start`..`end`, one row per
         key and month, dated the first day of the month that falls in the range. For totals

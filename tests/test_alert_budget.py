@@ -1,0 +1,110 @@
+"""Budgets against the fake OpenRouter, a day at a time on an injected clock: notices at 50, 80
+and 100% once each in a month, a forecast that fires on the day the weekday-weighted pace
+passes the budget and names the day it will be crossed, and a new month that starts clean."""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+from pathlib import Path
+
+from bot.compute import forecast
+from bot.jobs.alerts import run_alerts
+from tests.alert_world import DAY, World, each_day, make_world, slack_texts
+
+D = Decimal
+BUDGET = D(2400)
+NOON = dt.time(12, 0)
+JUMP = dt.date(2026, 11, 10)  # spend more than triples from this day on
+
+
+def plant(world: World) -> None:
+    """October and the first 9 days of November at $60 a day, then $200 a day."""
+    t = world.timeline
+    for day in each_day(dt.date(2026, 10, 1), dt.date(2026, 12, 3)):
+        t.spend(day, "batch", "openai/gpt-4o-mini", 10)
+        t.spend(day, "agents", "anthropic/claude-sonnet-4", 50 if day < JUMP else 190)
+
+
+def oracle(world: World, now: dt.datetime) -> tuple[Decimal, Decimal, dt.date | None]:
+    """Spent so far in the month, the projection at its end and the day it passes the budget,
+    computed plainly from the planted spend: the last 7 completed days' average, each weekday
+    weighted by its share of the 4 weeks before, today's remaining part included."""
+    t, today = world.timeline, now.date()
+    elapsed = D((now - dt.datetime.combine(today, dt.time(), dt.UTC)).total_seconds()) / 86400
+    month = today.replace(day=1)
+    spent = sum((t.day_cost(d) for d in each_day(month, today - DAY)), D(0))
+    spent += t.day_cost(today) * elapsed
+    pace = sum((t.day_cost(today - DAY * i) for i in range(1, 8)), D(0)) / 7
+    by_weekday = [D(0)] * 7
+    for i in range(1, 29):
+        by_weekday[(today - DAY * i).weekday()] += t.day_cost(today - DAY * i)
+    weights = [w * 7 / sum(by_weekday) for w in by_weekday]
+    total, crossing = spent, None
+    end = forecast.span_of("month", today).end
+    for day in each_day(today, end):
+        total += pace * weights[day.weekday()] * ((1 - elapsed) if day == today else 1)
+        if crossing is None and total > BUDGET:
+            crossing = day
+    return spent, total, crossing
+
+
+def test_monthly_budget_notices_once_each_forecast_on_the_day_the_pace_crosses(
+        fake_openrouter, fake_slack, tmp_path: Path) -> None:
+    world = make_world(tmp_path, fake_openrouter, f"""
+  to: ["slack:#alerts"]
+  repeat_every: 7d
+  rules:
+    - {{kind: budget, name: llm-budget, amount_usd: {BUDGET}, period: month, forecast: true}}
+""", slack=fake_slack)
+    plant(world)
+    fired: dict[str, list[dt.date]] = {}
+    forecast_text = ""
+    for day in each_day(dt.date(2026, 11, 1), dt.date(2026, 11, 30)):
+        now = dt.datetime.combine(day, NOON, dt.UTC)
+        posts = len(fake_slack.posts)
+        result = run_alerts(world.app(now))
+        spent, total, crossing = oracle(world, now)
+        for event, outcomes in result.events:
+            assert all(o.ok for o in outcomes)
+            if event.action == "repeat":  # a forecast that holds repeats after repeat_every
+                assert event.obs.aspect == "forecast"
+                continue
+            assert event.action == "fire"
+            label = f"{event.obs.threshold}%" if event.obs.aspect == "notify" else "forecast"
+            fired.setdefault(label, []).append(day)
+            if label == "forecast":
+                assert event.obs.facts["crossing"] == crossing
+                assert event.obs.value == total
+                [forecast_text] = slack_texts(fake_slack, posts)
+        # the notices follow the actual spend, the forecast the oracle's projection
+        for p in (50, 80, 100):
+            crossed = [d for d in fired.get(f"{p}%", [])]
+            assert bool(crossed) == (spent >= BUDGET * p / 100), (day, p)
+        assert bool(fired.get("forecast")) == any(
+            oracle(world, dt.datetime.combine(d, NOON, dt.UTC))[1] > BUDGET
+            for d in each_day(dt.date(2026, 11, 1), day))
+
+    # each notice once in the month; the forecast once, on the first day the pace passed it
+    assert {label: len(days) for label, days in fired.items()} == {
+        "50%": 1, "80%": 1, "100%": 1, "forecast": 1}
+    [forecast_day] = fired["forecast"]
+    first_over = next(d for d in each_day(dt.date(2026, 11, 1), dt.date(2026, 11, 30))
+                      if oracle(world, dt.datetime.combine(d, NOON, dt.UTC))[1] > BUDGET)
+    assert forecast_day == first_over and JUMP < forecast_day < fired["100%"][0]
+    _, _, crossing = oracle(world, dt.datetime.combine(forecast_day, NOON, dt.UTC))
+    assert crossing is not None and f"pass the $2,400.00 budget on {crossing:%a} {crossing}" \
+        in forecast_text
+    assert "November 2026 (UTC)" in forecast_text
+    notices = [t for t in slack_texts(fake_slack) if "monthly budget:" in t and "has spent" in t]
+    assert len(notices) == 3
+
+    # a new month starts clean: November's alerts end without a word, December's notices
+    # wait for December's spend
+    posts = len(fake_slack.posts)
+    result = run_alerts(world.app(dt.datetime(2026, 12, 1, 12, 0, tzinfo=dt.UTC)))
+    ended = [e for e, _ in result.events if "2026-11" in e.obs.subject]
+    assert ended and {e.action for e in ended} == {"resolve"} and all(e.quiet for e in ended)
+    assert all(outcomes == [] for e, outcomes in result.events if e.quiet)
+    assert not [e for e, _ in result.events if e.obs.aspect == "notify" and e.action == "fire"]
+    assert not [t for t in slack_texts(fake_slack, posts) if "November" in t]
