@@ -157,6 +157,22 @@ def test_a_live_claim_whose_message_is_already_in_the_channel_is_resolved_at_onc
     assert outbox.submit("daily", "d", OPS, MSG, T0).status is Status.ALREADY_SENT
 
 
+def test_a_late_failure_does_not_undo_a_delivery_another_run_resolved(box) -> None:
+    outbox, transports, store = box
+    delivery = store.outbox_put("daily", "d", "slack:#ops", encode(MSG), T0)
+    assert store.outbox_begin(delivery.id, T0, holder="slow-run")
+    assert store.outbox_found(delivery.id, T0 + MINUTE, "1764061200.000300")  # found by another
+    store.outbox_failed(delivery.id, T0 + 2 * MINUTE, "no answer", maybe_sent=True,
+                        holder="slow-run")  # the slow run's answer was lost after all
+    assert store.outbox_get("daily", "d", "slack:#ops").status == "sent"
+    taken = store.outbox_put("daily", "e", "slack:#ops", encode(MSG), T0)
+    assert store.outbox_begin(taken.id, T0, holder="slow-run")
+    assert store.outbox_begin(taken.id, T0 + CLAIM_TTL, holder="new-run")  # taken over
+    store.outbox_failed(taken.id, T0 + CLAIM_TTL, "late", holder="slow-run")
+    row = store.outbox_get("daily", "e", "slack:#ops")
+    assert row.status == "sending" and row.claimed_by == "new-run"
+
+
 def test_staleness_counts_from_the_last_heartbeat(box) -> None:
     outbox, transports, store = box
     delivery = store.outbox_put("daily", "d", "slack:#ops", encode(MSG), T0)

@@ -361,7 +361,8 @@ class Outbox:
         """Back to pending; if even that cannot be written, the claim goes stale and the next
         run takes the delivery over, looking first for what this attempt may have sent."""
         try:
-            self.store.outbox_failed(delivery.id, now, error, maybe_sent=maybe_sent)
+            self.store.outbox_failed(delivery.id, now, error, maybe_sent=maybe_sent,
+                                    holder=self.holder)
         except DataError as exc:
             log.error("could not record the failed delivery of %s %s to %s (%s): %s; it is "
                       "taken over once its claim goes stale", delivery.job, delivery.period,

@@ -979,17 +979,22 @@ class Store:
             return cur.rowcount == 1
 
     def outbox_failed(
-        self, delivery_id: int, now: dt.datetime, error: str, *, maybe_sent: bool = False
+        self, delivery_id: int, now: dt.datetime, error: str, *, maybe_sent: bool = False,
+        holder: str = "",
     ) -> None:
         """Back to pending (to be retried), remembering the error as one short line;
-        `maybe_sent`: the attempt may have delivered it (kept until it is sent)."""
+        `maybe_sent`: the attempt may have delivered it (kept until it is sent).
+
+        Only a row still 'sending' changes (and, given `holder`, only while it holds the
+        claim): a delivery another run has since found sent, or taken over, is left alone.
+        """
         ts = _ts(now)
         with _write(self.conn):
             self.conn.execute(
                 "UPDATE deliveries SET status = 'pending', last_error = ?, updated_at = ?, "
                 "claimed_by = '', maybe_sent = CASE WHEN ? = 1 THEN 1 ELSE maybe_sent END "
-                "WHERE id = ?",
-                (one_line(error, ERROR_MAX), ts, int(maybe_sent), delivery_id),
+                "WHERE id = ? AND status = 'sending' AND (? = '' OR claimed_by = ?)",
+                (one_line(error, ERROR_MAX), ts, int(maybe_sent), delivery_id, holder, holder),
             )
 
     def outbox_give_up(self, delivery_id: int, now: dt.datetime, reason: str) -> None:
