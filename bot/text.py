@@ -1,4 +1,5 @@
-"""Text safety for every layer: the one redactor of secrets and the one line-cutter."""
+"""Text safety for every layer: the one redactor of secrets, the one line-cutter, and what
+untrusted names lose before a terminal or a spreadsheet sees them."""
 
 from __future__ import annotations
 
@@ -48,7 +49,35 @@ def redact(text: str, secrets: Iterable[str | None] = ()) -> str:
     return text
 
 
+# What moves a terminal's cursor, recolours or rewrites it (C0 but tab and newline, DEL, C1),
+# or reorders text (bidirectional overrides): never passed on from untrusted text.
+_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+# A spreadsheet runs a cell starting with one of these as a formula (the OWASP list).
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def strip_controls(text: str) -> str:
+    """`text` without control characters (tab and newline kept) and bidirectional overrides:
+    an API name such as "\x1b[2J" can no longer clear a terminal or rewrite a line."""
+    return _CONTROLS.sub("", text)
+
+
 def one_line(text: str, limit: int = 300) -> str:
-    """`text` on one line (whitespace runs become one space), cut to `limit` characters."""
-    line = " ".join(text.split())
+    """`text` on one line (whitespace runs become one space, control characters go), cut to
+    `limit` characters."""
+    line = " ".join(strip_controls(text).split())
     return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def json_controls_escaped(document: str) -> str:
+    """A JSON document with the control characters json.dumps(ensure_ascii=False) leaves raw
+    (C1, bidirectional overrides) written as \\u escapes: the same data, safe on a terminal."""
+    return _CONTROLS.sub(lambda m: f"\\u{ord(m.group()):04x}", document)
+
+
+def csv_text(value: str) -> str:
+    """An untrusted text cell for CSV: control characters removed and, when it starts like a
+    formula (`=`, `+`, `-`, `@`, tab, CR), a leading `'` so a spreadsheet shows it as text.
+    Numbers are written as numbers and never pass here: `-1.5` is data, not a formula."""
+    text = strip_controls(value)
+    return "'" + text if text.startswith(_FORMULA_START) else text

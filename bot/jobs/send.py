@@ -13,7 +13,7 @@ from bot.compute import aggregate
 from bot.compute.digest import DailyDigest, WeeklyReport, build_daily, build_weekly
 from bot.config import require_transport
 from bot.deliver.outbox import Message, Outbox
-from bot.errors import ConfigError
+from bot.errors import ConfigError, DataError
 from bot.models import (
     DAY,
     ActivityRow,
@@ -113,6 +113,12 @@ def build(app: App, job: str, day: dt.date, *, sync: bool = True) -> Built:
         with app.client() as client:
             keys = run_sync(client, store, now=now,
                             backfill=app.config.history.backfill).snapshot.keys
+    lacking = store.missing_days(day if job == "daily" else day - DAY * 6, day, "")
+    if lacking:  # a digest would read "no spend" where it knows nothing: send none
+        span = str(lacking[0]) if len(lacking) == 1 else f"{lacking[0]}..{lacking[-1]}"
+        raise DataError(f"history has no data for {span} ({len(lacking)} day(s)); OpenRouter "
+                        "keeps 30 days: run `openrouter-usage sync` daily to keep older ones. "
+                        "Nothing was sent")
     latest = store.credits_at(None)
     credits = latest[1] if latest else None
     raw_prev = store.get_meta(CREDITS_META.format(job=job))

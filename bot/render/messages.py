@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import jinja2
+from markupsafe import Markup
 
 from bot.compute.aggregate import Group
 from bot.compute.digest import DailyDigest, Line, Ranking, WeeklyReport
@@ -50,6 +51,7 @@ from bot.models import MailMessage, SlackMessage
 from bot.render import fmt
 from bot.render.chart import chart_png, png_available
 from bot.render.text import write_csv
+from bot.text import strip_controls
 
 if TYPE_CHECKING:
     from bot.compute.alert_rules import Observation
@@ -67,7 +69,12 @@ MAX_CONTEXT_TEXT = 3000
 SLACK_LIST_BUDGET = 2600
 ELLIPSIS = "…"
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]+")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]+")
+# Slack mrkdwn's formatting marks where they could open or close *bold*, _italic_, ~strike~
+# (not between two letters or digits: `ci_runner` is left alone), and every backtick; Slack has
+# no escape for them, so they become look-alikes that format nothing.
+_FORMAT_MARK = re.compile(r"`|(?<![^\W_])[*_~]|[*_~](?![^\W_])")
+_LOOKALIKE = {"*": "\u2217", "_": "\u02cd", "~": "\u223c", "`": "\u02cb"}
 _TITLE = re.compile(r"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
 
 
@@ -77,8 +84,21 @@ def bundled_templates_dir() -> Path:
 
 
 def mrkdwn_escape(text: str) -> str:
-    """Escape Slack's control characters so `<!channel>`, `<@U1>` and `<url|label>` stay text."""
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    """Escape Slack's control characters so `<!channel>`, `<@U1>` and `<url|label>` stay text,
+    and turn formatting marks into look-alikes so `*bold*` or a backtick in a name formats
+    nothing (∗ ˍ ∼ ˋ)."""
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return _FORMAT_MARK.sub(lambda m: _LOOKALIKE[m.group()], text)
+
+
+def _finalize(value: Any) -> Any:
+    """Every `{{ ... }}` of every template: text loses terminal control characters (an API
+    name cannot recolour or clear the terminal that shows a digest or an e-mail's text)."""
+    if isinstance(value, Markup):
+        return Markup(strip_controls(str(value)))
+    if isinstance(value, str):
+        return strip_controls(value)
+    return value
 
 
 def one_line(text: Any) -> str:
@@ -350,6 +370,7 @@ class Renderer:
             trim_blocks=True,
             lstrip_blocks=True,
             keep_trailing_newline=False,
+            finalize=_finalize,
         )
         self.env.filters.update(FILTERS)
         self.env.globals["alert_words"] = self.alert_words

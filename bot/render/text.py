@@ -12,6 +12,7 @@ from bot.compute.aggregate import Group
 from bot.compute.usage import UsageReport
 from bot.models import ZERO, ActivityRow
 from bot.render import fmt
+from bot.text import csv_text, json_controls_escaped, one_line
 
 CSV_FIELDS = (
     "date",
@@ -81,19 +82,20 @@ def to_json(report: UsageReport) -> str:
         doc["by_workspace"] = _group_dicts(report.by_workspace, "workspace")
     doc["missing_days"] = [d.isoformat() for d in report.missing_days]
     doc["activity"] = [r.to_api_dict() for r in report.rows]
-    return json.dumps(_plain(doc), indent=2, ensure_ascii=False)
+    return json_controls_escaped(json.dumps(_plain(doc), indent=2, ensure_ascii=False))
 
 
 def write_csv(rows: Iterable[ActivityRow], out: IO[str]) -> None:
-    """One line per activity row, quoted by the csv module."""
+    """One line per activity row, quoted by the csv module; text cells that a spreadsheet
+    would run as a formula start with `'` (see :func:`bot.text.csv_text`)."""
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(CSV_FIELDS)
     for r in rows:
         writer.writerow(
             [
                 r.date.isoformat(),
-                r.model,
-                r.provider,
+                csv_text(r.model),
+                csv_text(r.provider),
                 r.usage,
                 r.byok_usage,
                 r.cost,
@@ -101,8 +103,8 @@ def write_csv(rows: Iterable[ActivityRow], out: IO[str]) -> None:
                 r.prompt_tokens,
                 r.completion_tokens,
                 r.reasoning_tokens,
-                r.model_permaslug,
-                r.endpoint_id,
+                csv_text(r.model_permaslug),
+                csv_text(r.endpoint_id),
             ]
         )
 
@@ -113,18 +115,20 @@ def write_groups_csv(groups: list[Group], dimension: str, out: IO[str]) -> None:
     writer.writerow([dimension, _REF.get(dimension, "ref"), *GROUP_FIGURES])
     for g in groups:
         figures = g.figures.as_dict()
-        writer.writerow([g.name, g.ref, *(figures[f] for f in GROUP_FIGURES)])
+        writer.writerow([csv_text(g.name), csv_text(g.ref),
+                         *(figures[f] for f in GROUP_FIGURES)])
 
 
 def _table(title: str, groups: list[Group], show_byok: bool, tokens: bool) -> list[str]:
     lines = ["", title, "-" * len(title)]
     if not groups:
         return [*lines, "  (no activity)"]
-    width = min(max(len(g.name) for g in groups), 48)
+    names = [one_line(g.name, 48) for g in groups]  # API text: no terminal controls
+    width = max(len(n) for n in names)
     byok_width = max(len(fmt.money(g.figures.byok_usage)) for g in groups) + 6
-    for g in groups:
+    for g, name in zip(groups, names, strict=True):
         f = g.figures
-        line = f"  {g.name[:48]:<{width}}  {fmt.money(f.cost):>12}"
+        line = f"  {name:<{width}}  {fmt.money(f.cost):>12}"
         if show_byok:
             byok = f"BYOK {fmt.money(f.byok_usage)}" if f.byok_usage else ""
             line += f"  {byok:<{byok_width}}"

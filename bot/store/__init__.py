@@ -12,15 +12,16 @@ ranges are aggregated in SQL.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import os
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, replace
 from decimal import ROUND_HALF_EVEN, Context, Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from bot.errors import DataError
 from bot.models import (
@@ -40,6 +41,8 @@ from bot.models import (
 from bot.store.backend import BUSY_TIMEOUT_MS, Db, is_postgres_url, open_db, redact_url
 from bot.store.migrations import MIGRATIONS, SCHEMA_VERSION, PerDialect
 from bot.text import one_line
+
+T = TypeVar("T")
 
 __all__ = [
     "BUSY_TIMEOUT_MS", "MIGRATIONS", "SCHEMA_VERSION", "AlertState", "Db", "Delivery", "Store",
@@ -1119,6 +1122,25 @@ def _key_values(key: ApiKey) -> tuple[Any, ...]:
 # --- rows back to models -----------------------------------------------------------------
 
 
+def _stored(table: str) -> Callable[[Callable[[Any], T]], Callable[[Any], T]]:
+    """A row converter whose failure on a damaged or hand-edited cell (`usage` = 'abc') is
+    one DataError naming the table, not a crash."""
+
+    def wrap(convert: Callable[[Any], T]) -> Callable[[Any], T]:
+        @functools.wraps(convert)
+        def checked(r: Any) -> T:
+            try:
+                return convert(r)
+            except (ArithmeticError, ValueError, TypeError, KeyError) as exc:
+                raise DataError(f"history database is damaged: a row of {table} cannot be read "
+                                f"({type(exc).__name__}); restore it from a backup") from exc
+
+        return checked
+
+    return wrap
+
+
+@_stored("activity")
 def _activity_from_row(r: Any) -> ActivityRow:
     return ActivityRow(
         date=dt.date.fromisoformat(r["date"]),
@@ -1136,10 +1158,12 @@ def _activity_from_row(r: Any) -> ActivityRow:
     )
 
 
+@_stored("credits")
 def _credits_from_row(r: Any) -> Credits:
     return Credits(Decimal(r["total_credits"]), Decimal(r["total_usage"]))
 
 
+@_stored("keys")
 def _key_from_row(r: Any) -> ApiKey:
     figures: dict[str, Any] = {f: _dec_or_none(r[f]) for f in KEY_FIGURES}
     return ApiKey(
@@ -1150,6 +1174,7 @@ def _key_from_row(r: Any) -> ApiKey:
     )
 
 
+@_stored("deliveries")
 def _delivery_from_row(r: Any) -> Delivery:
     return Delivery(
         id=r["id"],
@@ -1172,6 +1197,7 @@ def _delivery_from_row(r: Any) -> Delivery:
     )
 
 
+@_stored("alerts")
 def _alert_from_row(r: Any) -> AlertState:
     return AlertState(
         rule_id=r["rule_id"],
