@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bot.config import Config
-from bot.errors import ConfigError
+from bot.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
     import httpx
@@ -87,11 +87,24 @@ class App:
 
     def existing_store(self) -> Store | None:
         """The history database if it exists already (reports never create one; a
-        PostgreSQL database always exists)."""
-        if (self._store is None and not self.config.storage_url
-                and not Path(self.config.storage_path).exists()):
+        PostgreSQL database always exists), read-only when it cannot be written."""
+        if self._store is not None or self.config.storage_url:
+            return self.store()
+        path = Path(self.config.storage_path)
+        if not path.exists():
             return None
-        return self.store()
+        try:
+            return self.store()
+        except DataError as exc:  # a read-only file or folder, say: a report only reads
+            from bot.store import Store, connect_read_only
+
+            log.debug("cannot open history database %s for writing (%s): reading it "
+                      "read-only", path, exc)
+            try:
+                self._store = Store(connect_read_only(path))
+            except DataError:
+                raise exc from None
+            return self._store
 
     def storage_name(self) -> str:
         """The history database for messages: its path, or its URL without the password."""

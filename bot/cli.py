@@ -355,8 +355,11 @@ def cmd_alerts(args: argparse.Namespace, hooks: Hooks) -> int:
     result = run_alerts(app, dry_run=args.dry_run)
     for preview in result.previews:
         print_preview(preview)
+    for o in result.retried:  # alerts earlier runs could not deliver
+        print(f"{o.job} {o.period}: {o.line()}")
     if not result.events:
-        print("alerts: nothing changed")
+        print("alerts: no alert started, repeated or resolved" if result.retried
+              else "alerts: nothing changed")
     renderer = Renderer(app.config.templates_dir)
     for event, outcomes in result.events:
         sent = ", ".join(o.line() for o in outcomes)

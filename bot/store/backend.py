@@ -189,7 +189,11 @@ class SqliteDb(Db):
         self.target = target
 
     @classmethod
-    def open(cls, path: str | Path) -> SqliteDb:
+    def open(cls, path: str | Path, *, read_only: bool = False) -> SqliteDb:
+        """The database at `path`; `read_only` opens an existing file without writing
+        anything, even where its WAL index cannot be created (a read-only folder)."""
+        if read_only:
+            return cls._open_read_only(Path(path))
         memory = str(path) == ":memory:"
         if not memory:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -207,6 +211,28 @@ class SqliteDb(Db):
             conn.close()
             raise DataError(f"cannot use history database {path}: {exc}") from exc
         return cls(conn, str(path))
+
+    @classmethod
+    def _open_read_only(cls, path: Path) -> SqliteDb:
+        from urllib.parse import quote
+
+        uri = f"file:{quote(str(path.resolve()))}"
+        failure: sqlite3.Error | None = None
+        # immutable: when not even the WAL index can be made, nobody can be writing it either
+        for options in ("mode=ro", "mode=ro&immutable=1"):
+            try:
+                conn = sqlite3.connect(f"{uri}?{options}", uri=True, isolation_level=None,
+                                       timeout=BUSY_TIMEOUT_MS / 1000)
+            except sqlite3.Error as exc:
+                failure = exc
+                continue
+            try:
+                conn.execute("PRAGMA user_version").fetchone()
+                return cls(conn, str(path))
+            except sqlite3.Error as exc:
+                conn.close()
+                failure = exc
+        raise DataError(f"cannot read history database {path}: {failure}")
 
     def _fail(self, exc: sqlite3.Error) -> DataError:
         return DataError(f"history database is busy or unusable: {exc}")
