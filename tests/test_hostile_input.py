@@ -498,8 +498,8 @@ def test_digest_for_a_day_the_history_lacks_says_so_and_sends_nothing(history: P
         code, out, err = cli(capsys, "--config", str(history), *argv)
         assert code == 1 and out == "", out
         assert_one_line(err)
-        assert f"history has no data for {old - dt.timedelta(days=6) if 'weekly' in argv else old}" \
-            in err and "Nothing was sent" in err
+        first = old - dt.timedelta(days=6) if "weekly" in argv else old
+        assert f"history has no data for {first}" in err and "Nothing was sent" in err
         assert "No spend" not in out + err
 
 
