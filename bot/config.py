@@ -38,6 +38,7 @@ ALERT_KINDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "key_limit": (("below_percent", "forecast"), ("key",)),
     "model_spend": (("above_usd",), ("model",)),
     "budget": (("amount_usd",), ("period", "notify_at", "forecast", "per", "key", "model")),
+    "burn_rate": (("above_usd_per_hour", "factor"), ("window", "min_usd", "per", "key")),
 }
 BudgetPeriod = Literal["day", "week", "month"]
 Scope = Literal["account", "key", "model"]
@@ -45,6 +46,7 @@ Baseline = Literal["weekday", "7d"]
 SCOPES: dict[str, tuple[Scope, ...]] = {
     "budget": ("account", "key", "model"),
     "spike": ("account", "key", "model"),
+    "burn_rate": ("account", "key"),
 }
 DEFAULT_NOTIFY_AT = (Decimal(50), Decimal(80), Decimal(100))
 MAX_BURN_WINDOW = dt.timedelta(hours=3)  # the analytics API's limit for minute buckets

@@ -37,6 +37,7 @@ def test_example_config_is_valid() -> None:
         "spike",
         "key_limit",
         "model_spend",
+        "burn_rate",
         "budget",
         "budget",
     ]

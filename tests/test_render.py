@@ -522,11 +522,13 @@ def test_missing_templates_dir_is_a_config_error(tmp_path: Path) -> None:
 # --- alerts: numbers from the rules, words from _alert_words.j2 --------------------------------
 
 
-def alert_obs(rule: Any, remaining: str = "40", rows: Any = (), keys: Any = ()) -> Any:
+def alert_obs(rule: Any, remaining: str = "40", rows: Any = (), keys: Any = (),
+              burn: Any = None) -> Any:
     from bot.compute.alert_rules import Inputs, evaluate
 
     credits = Credits(Decimal(1000), 1000 - Decimal(remaining))
-    data = Inputs(as_of=AS_OF, day=DAY, credits=credits, keys=list(keys), rows=list(rows))
+    data = Inputs(as_of=AS_OF, day=DAY, credits=credits, keys=list(keys), rows=list(rows),
+                  burn=burn)
     [obs] = evaluate(rule, data, Decimal("0.05"))[:1]
     return obs
 
@@ -587,7 +589,24 @@ def alert_cases() -> list[tuple[Any, tuple[str, ...]]]:
           "budget: $620.00 in November 2026 (UTC)", "See what drives it with `openrouter-usage "
           "report --from 2026-11-01 --by-key`; slow the spend or raise the budget.",
           "https://openrouter.ai/activity")),
+        (alert_obs(AlertRule(kind="burn_rate", index=0, above_usd_per_hour=D(50)),
+                   keys=[ApiKey("h", "k", usage_daily=D(30))], burn=burning()),
+         ("Burn rate", "the account", "$60.00 an hour", "$50.00 an hour",
+          "The account is spending $60.00 an hour: $15.00 in the 15 min to 2026-11-25 09:30 UTC",
+          "See which keys and models are spending at https://openrouter.ai/activity; a runaway "
+          "key can be disabled at https://openrouter.ai/settings/keys.",
+          "https://openrouter.ai/activity")),
     ]
+
+
+def burning() -> Any:
+    from bot.compute.burn import BurnState, Sample
+
+    state = BurnState()
+    for minutes, spent in ((30, "0"), (15, "15"), (0, "30")):
+        state.advance(Sample(AS_OF - dt.timedelta(minutes=minutes), {"h": Decimal(spent)}),
+                      keep=dt.timedelta(minutes=15))
+    return state
 
 
 def test_alert_words_of_every_kind(renderer: Renderer) -> None:

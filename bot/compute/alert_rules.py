@@ -21,8 +21,9 @@ from typing import Any, Literal
 
 from bot.compute import aggregate, forecast
 from bot.compute.aggregate import DAY
+from bot.compute.burn import ACCOUNT, BurnState
 from bot.compute.digest import today_so_far
-from bot.compute.explain import Explanation, explain
+from bot.compute.explain import Contributor, Explanation, explain
 from bot.compute.forecast import PeriodKind, Span, daily_costs, span_of
 from bot.config import AlertRule
 from bot.models import ZERO, ActivityRow, AlertState, ApiKey, Credits
@@ -72,6 +73,7 @@ class Inputs:
     # per key x model rows over the same days, from history ([] when never synced per key)
     key_rows: list[ActivityRow] = field(default_factory=list)
     names: dict[str, str] = field(default_factory=dict)  # key hash -> name, deleted keys too
+    burn: BurnState | None = None  # samples of keys' usage from this and earlier checks
 
     @property
     def today(self) -> dt.date:
@@ -361,6 +363,104 @@ def budget(rule: AlertRule, data: Inputs, margin: Decimal) -> list[Observation]:
     return out
 
 
+# --- burn rate -------------------------------------------------------------------------------
+
+
+def burn_rate(rule: AlertRule, data: Inputs, margin: Decimal) -> list[Observation]:
+    """Spend per hour over the last `window`, for the account or each key (`per: key`): above
+    `above_usd_per_hour` and/or above `factor` x the usual spend of that hour of the week
+    (both must hold when both are set; `factor` waits for 3 weeks of watched hours)."""
+    state = data.burn
+    if state is None:
+        return []
+    keys = {k.hash: k for k in data.keys}
+    if rule.per == "key":
+        subjects = [h for h in state.subjects()
+                    if _matches_key(rule, h, data.key_name(h))]
+    else:
+        subjects = [ACCOUNT]
+    models = _latest_models(data)
+    out = []
+    for subject in subjects:
+        rate = state.rate(subject, data.as_of, rule.window)
+        if rate is None:
+            continue
+        per_hour = rate.per_hour
+        usual = state.usual(subject, data.as_of) if rule.factor is not None else None
+        lines = [rule.above_usd_per_hour] if rule.above_usd_per_hour is not None else []
+        if rule.factor is not None and usual is not None:
+            lines.append(rule.factor * usual)
+        if subject != ACCOUNT and not (rate.spent or subject in state.runs):
+            continue  # an idle key: nothing to say about it
+        if lines:
+            firing = per_hour > max(lines) and rate.spent > rule.min_usd
+            clear = per_hour <= min(lines) * (1 - margin) or rate.spent <= rule.min_usd
+        else:  # only `factor`, and not enough history yet
+            firing, clear = False, True
+        key = keys.get(subject)
+        run = state.runs.get(subject)
+        today = (key.usage_daily + key.byok_usage_daily if key else
+                 sum((k.usage_daily + k.byok_usage_daily for k in data.keys), ZERO))
+        hours_left = Decimal((_next_midnight(data.as_of) - data.as_of).total_seconds()) / 3600
+        out.append(Observation(
+            rule, subject, per_hour, max(lines) if lines else None, firing, clear,
+            name="" if subject == ACCOUNT else data.key_name(subject),
+            facts={
+                "window": rule.window, "spent": rate.spent, "start": rate.start,
+                "end": rate.end, "measured": rate.end - rate.start,
+                "usual": usual, "factor": rule.factor, "floor": rule.above_usd_per_hour,
+                "since": run.since if run else None, "run_spent": run.spent if run else ZERO,
+                "today": today, "day_if_it_goes_on": today + per_hour * hours_left,
+                "limit": key.limit if key else None,
+                "limit_left": key.limit_remaining if key else None,
+                "models": models.get(subject, []), "models_day": data.day,
+                "key_hash": subject if key else "",
+            },
+            why=_burn_why(state, data, rule) if firing and subject == ACCOUNT else None,
+        ))
+    return out
+
+
+def _next_midnight(now: dt.datetime) -> dt.datetime:
+    utc = now.astimezone(dt.UTC)
+    return dt.datetime.combine(utc.date() + DAY, dt.time(), dt.UTC)
+
+
+def _latest_models(data: Inputs) -> dict[str, list[str]]:
+    """Key hash (and "account") -> the models it spent on on the latest complete day, most
+    spent first (what is behind a burn until minute data names it)."""
+    spent: dict[str, dict[str, Decimal]] = {}
+    for r in data.key_rows:
+        if r.date == data.day and r.cost > 0:
+            for who in (r.key_hash, ACCOUNT):
+                models = spent.setdefault(who, {})
+                models[r.model] = models.get(r.model, ZERO) + r.cost
+    return {who: sorted(m, key=lambda name: (-m[name], name)) for who, m in spent.items()}
+
+
+def _burn_why(state: BurnState, data: Inputs, rule: AlertRule) -> Explanation:
+    """The keys behind the account's burn: their spend in the window against their usual
+    spend in as long (counts unknown: key usage says nothing of requests or tokens)."""
+    rates = {h: state.rate(h, data.as_of, rule.window) for h in state.subjects()}
+    contributors = []
+    for h, r in rates.items():
+        if r is None or r.spent <= 0:
+            continue
+        usual = state.usual(h, data.as_of)
+        usual_spent = usual * r.seconds / 3600 if usual is not None else ZERO
+        contributors.append(Contributor(h, data.key_name(h), "", r.spent, usual_spent,
+                                        ZERO, ZERO, ZERO, ZERO))
+    contributors.sort(key=lambda c: (-c.delta, c.key))
+    rising = [c for c in contributors if c.delta > 0]
+    return Explanation(
+        cost=sum((c.cost for c in contributors), ZERO),
+        usual=sum((c.usual for c in contributors), ZERO),
+        requests=ZERO, usual_requests=ZERO, tokens=ZERO, usual_tokens=ZERO,
+        volume_effect=ZERO, price_effect=ZERO, contributors=rising[:3],
+        more=max(len(rising) - 3, 0), counts=False,
+    )
+
+
 def percent_label(percent: Decimal) -> str:
     """`50%`: a budget notice's part of its subject."""
     return f"{percent.normalize():f}%"
@@ -389,6 +489,7 @@ RULES: dict[str, Rule] = {
     "key_limit": key_limit,
     "model_spend": model_spend,
     "budget": budget,
+    "burn_rate": burn_rate,
 }
 
 

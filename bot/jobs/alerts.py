@@ -19,11 +19,20 @@ from typing import TYPE_CHECKING, Any
 
 from bot.compute import aggregate
 from bot.compute.alert_rules import Action, Inputs, Observation, evaluate, gone, step
+from bot.compute.burn import BurnState, Sample
 from bot.config import AlertRule
 from bot.deliver.outbox import Message, Outbox
 from bot.errors import BotError, ConfigError
 from bot.jobs.send import Preview
-from bot.models import DAY, AlertState, Destination, DestinationKind, Outcome, Status
+from bot.models import (
+    DAY,
+    AlertState,
+    ApiKey,
+    Destination,
+    DestinationKind,
+    Outcome,
+    Status,
+)
 
 if TYPE_CHECKING:
     from bot.app import App
@@ -125,13 +134,31 @@ def gather_inputs(app: App, now: dt.datetime, *, save: bool = True) -> Inputs:
     rows = [r for r in snap.activity if r.date >= start]
     key_rows = [r for rows_ in snap.key_activity.values() for r in rows_ if r.date >= start]
     names = {k.hash: k.display_name for k in snap.keys}
+    burn = _burn_state(app, store, snap.keys, now, save=save)
     if store is not None:
         rows = store.activity(start, first_fetched - DAY, "") + rows
         if not snap.key_activity:
             key_rows = store.key_model_rows(start, now.date())
         names = {**store.key_names(), **names}
     return Inputs(as_of=now, day=day, credits=snap.credits, keys=snap.keys, rows=rows,
-                  key_rows=key_rows, names=names)
+                  key_rows=key_rows, names=names, burn=burn)
+
+
+BURN_META = "alerts.burn_rate"
+
+
+def _burn_state(app: App, store: Store | None, keys: list[ApiKey], now: dt.datetime, *,
+                save: bool) -> BurnState | None:
+    """The burn-rate samples with this check's added (stored again unless a dry run)."""
+    windows = [r.window for r in app.config.alerts.rules if r.kind == "burn_rate"]
+    if not windows:
+        return None
+    state = BurnState.from_json(store.get_meta(BURN_META) if store is not None else None)
+    state.advance(Sample.of(keys, now), keep=max(windows))
+    if save:
+        assert store is not None
+        store.set_meta(BURN_META, state.to_json())
+    return state
 
 
 def _needs_per_key(rules: tuple[AlertRule, ...]) -> bool:

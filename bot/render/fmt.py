@@ -77,6 +77,14 @@ def tokens(value: Decimal | int) -> str:
     return amount(n)
 
 
+def duration(value: dt.timedelta) -> str:
+    """`15 min`, `2 h`, `1 h 30 min`: a window as people say it."""
+    minutes = int(value.total_seconds() // 60)
+    hours, minutes = divmod(minutes, 60)
+    parts = ([f"{hours} h"] if hours else []) + ([f"{minutes} min"] if minutes else [])
+    return " ".join(parts) or f"{int(value.total_seconds())} s"
+
+
 def first_upper(text: str) -> str:
     """The text with its first letter made upper case (the rest untouched, unlike capitalize)."""
     return text[:1].upper() + text[1:]

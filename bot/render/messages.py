@@ -190,6 +190,7 @@ FILTERS: dict[str, Callable[..., Any]] = {
     "amount": fmt.amount,
     "tokens": fmt.tokens,
     "capitalize_first": fmt.first_upper,
+    "duration": fmt.duration,
     "change": fmt.change,
     "day": _day,
     "short_day": _short_day,
