@@ -180,7 +180,9 @@ class Config:
     timezone: str = "UTC"
     storage_path: Path = field(default_factory=lambda: default_storage_path())
     storage_url: str | None = None  # postgresql://...: used instead of the SQLite file
-    lease_ttl: dt.timedelta = dt.timedelta(seconds=90)
+    # how long a lease (the daemon's, an alerts run's) or a delivery claim outlives its last
+    # renewal: a run that died is taken over this long after its last heartbeat
+    lease_ttl: dt.timedelta = dt.timedelta(minutes=3)
     slack: SlackConfig = field(default_factory=SlackConfig)
     email: EmailConfig = field(default_factory=EmailConfig)
     daily: ReportConfig = field(default_factory=ReportConfig)
@@ -649,7 +651,7 @@ def parse_config(
         raise ConfigError("storage.url: empty, or an environment variable in it is not set")
     if storage_path and storage_url:
         raise ConfigError("storage: set either path (SQLite) or url (PostgreSQL), not both")
-    lease_ttl = storage.get("lease", _duration, dt.timedelta(seconds=90))
+    lease_ttl = storage.get("lease", _duration, dt.timedelta(minutes=3))
     storage.finish()
     if storage_path and Path(storage_path).expanduser().is_dir():
         raise ConfigError(f"storage.path: {storage_path} is a folder; name the database file, "

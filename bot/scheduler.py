@@ -7,6 +7,14 @@ seconds runs the job once for each new slot. The same check is the catch-up on s
 that passed while the daemon was down runs once, and the outbox makes it a no-op if it was
 already sent. Every job is wrapped (one log line with duration and outcome; a failure is
 retried on a later tick) and runs only while this process holds the database lease.
+
+Several daemons on one database (PostgreSQL, on several machines) are one leader and
+standbys: the leader renews the lease (`storage.lease`) every third of it, and a heartbeat
+renews it while a job runs. A standby asks for the lease as often; once a dead leader's lease
+has expired it takes over and at once catches up like a fresh start: the slots the leader
+handled are read back from the database, pending deliveries (one cut off mid-send is looked
+up in Slack before any re-send), alerts and missed slots run. A database that cannot be
+reached fails a job (retried) and never stops the loop.
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 from bot.config import WEEKDAYS, ReportConfig
-from bot.errors import BotError
+from bot.errors import BotError, DataError
 from bot.models import DAY, Status
 
 if TYPE_CHECKING:
@@ -36,9 +44,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 LEASE = "daemon"
-LEASE_TTL = dt.timedelta(seconds=90)
 SLOT_CHECK_SECONDS = 5
 RETRY_AFTER = dt.timedelta(minutes=5)
+START_RETRY_SECONDS = 10
 FIRST_START_GRACE = dt.timedelta(hours=12)
 
 
@@ -125,6 +133,8 @@ class Daemon:
                         f"{uuid.uuid4().hex[:8]}")
     stopping: bool = False
     leader: bool = False
+    took_over: bool = False  # became the leader after standing by: catch up at once
+    _standing_by: bool = field(default=False, repr=False)
     sleep: Callable[[float], None] = time.sleep
     slots: list[SlotJob] = field(default_factory=list)
     scheduler: schedule.Scheduler | None = None
@@ -139,7 +149,9 @@ class Daemon:
         if cfg.alerts.rules:
             sched.every(int(cfg.alerts.check_every.total_seconds())).seconds.do(
                 self.wrapped("alerts", self.alerts))
-        sched.every(60).seconds.do(self.wrapped("outbox", self.flush))
+        # at least once a lease period, so a delivery a dead leader left is not kept waiting
+        flush_every = max(1, min(60, int(self.lease_ttl.total_seconds())))
+        sched.every(flush_every).seconds.do(self.wrapped("outbox", self.flush))
         for name, report in (("daily", cfg.daily), ("weekly", cfg.weekly)):
             if report.enabled and not report.to:
                 log.warning("reports.%s is enabled but has no destinations (`to`): not "
@@ -175,7 +187,8 @@ class Daemon:
 
             # renewed while the job runs, so a long job never outlives the lease
             with Heartbeat(self.app.store(), self.holder, self.app.now,
-                           every=LEASE_TTL.total_seconds() / 3, leases={LEASE: LEASE_TTL}):
+                           every=self.lease_ttl.total_seconds() / 3,
+                           leases={LEASE: self.lease_ttl}):
                 outcome = fn()
         except Exception as exc:  # noqa: BLE001 - a failing job must not stop the loop
             log.error("job %s failed in %.2fs: %s", name, time.monotonic() - started, exc)
@@ -242,7 +255,10 @@ class Daemon:
             name = f"{job.name} (slot {slot:%Y-%m-%d %H:%M} UTC)"
             if self.run_job(name, functools.partial(self.run_report, job, slot)):
                 job.handled, job.retry_at = slot, None
-                self._save_handled(job)
+                try:
+                    self._save_handled(job)
+                except BotError as exc:  # a restart re-runs the slot: the outbox says "sent"
+                    log.warning("could not record that %s ran: %s", name, exc)
             elif self.leader:
                 job.retry_at = now + RETRY_AFTER
                 log.info("job %s: retrying at %s UTC", name, f"{job.retry_at:%H:%M:%S}")
@@ -257,15 +273,40 @@ class Daemon:
         raw = self.app.store().get_meta(f"scheduler.{name}.handled")
         return dt.datetime.fromisoformat(raw) if raw else None
 
+    def reload_handled(self) -> None:
+        """Take on the slots another daemon (the leader before us) has handled since."""
+        for job in self.slots:
+            stored = self._load_handled(job.name)
+            if stored is not None and (job.handled is None or stored > job.handled):
+                job.handled, job.retry_at = stored, None
+
     # --- lease and loop ---------------------------------------------------------------------
 
+    @property
+    def lease_ttl(self) -> dt.timedelta:
+        return self.app.config.lease_ttl
+
     def hold_lease(self) -> bool:
-        got = self.app.store().lease_acquire(LEASE, self.holder, self.app.now(), LEASE_TTL)
-        if got != self.leader:
-            log.info("%s the database lease (%s)", "acquired" if got else "waiting for",
-                     self.holder)
+        """Take or renew the daemon lease; False while another daemon holds it."""
+        got = self.app.store().lease_acquire(LEASE, self.holder, self.app.now(), self.lease_ttl)
+        if got and not self.leader:
+            log.info("acquired the database lease (%s): this daemon runs the jobs", self.holder)
+            self.took_over = self._standing_by
+        elif not got and (self.leader or not self._standing_by):
+            log.info("another daemon holds the database lease: %s stands by", self.holder)
+        self._standing_by = not got
         self.leader = got
         return got
+
+    def catch_up(self) -> None:
+        """After taking over from another daemon: what a fresh start does, at once."""
+        self.took_over = False
+        try:
+            self.reload_handled()
+        except BotError as exc:
+            log.warning("could not read which reports the previous leader sent: %s", exc)
+        if self.scheduler is not None:
+            self.scheduler.run_all()
 
     def stop(self, signum: int, _frame: Any = None) -> None:
         log.info("received %s, stopping after the current job", signal.Signals(signum).name)
@@ -278,12 +319,14 @@ class Daemon:
         last_renew = time.monotonic()
         while not self.stopping:
             sched.run_pending()
-            if time.monotonic() - last_renew > LEASE_TTL.total_seconds() / 3:
+            if time.monotonic() - last_renew > self.lease_ttl.total_seconds() / 3:
                 last_renew = time.monotonic()
                 try:
                     self.hold_lease()
                 except BotError as exc:  # a busy database: try again at the next renewal
                     log.warning("could not renew the database lease: %s", exc)
+            if self.took_over and not self.stopping:
+                self.catch_up()
             wait = min(sched.idle_seconds or 1.0, 1.0)
             if wait > 0 and not self.stopping:
                 self.sleep(wait)
@@ -299,5 +342,16 @@ def run_daemon(app: App) -> int:
     daemon = Daemon(app)
     signal.signal(signal.SIGTERM, daemon.stop)
     signal.signal(signal.SIGINT, daemon.stop)
-    daemon.setup()
+    while True:  # a database that cannot be reached yet (it starts later, it restarts)
+        try:
+            daemon.setup()
+            break
+        except DataError as exc:
+            if daemon.stopping:
+                return 0
+            log.error("cannot start yet: %s; trying again in %ds", exc, START_RETRY_SECONDS)
+            daemon.slots.clear()
+            daemon.sleep(START_RETRY_SECONDS)
+            if daemon.stopping:
+                return 0
     return daemon.loop()

@@ -234,3 +234,32 @@ def test_a_writer_that_holds_the_lock_too_long_is_a_busy_error(pg_url: str) -> N
     assert a.get_meta("k") == "v"
     a.conn.close()
     b.conn.close()
+
+
+def test_daemon_jobs_survive_a_lost_database_connection(
+    pg_server: PgServer, pg_url: str, fake_openrouter: Any, fake_slack: Any, tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import logging
+
+    from bot.scheduler import Daemon
+    from tests.fake_openrouter import MANAGEMENT_KEY, sample_org
+
+    caplog.set_level(logging.INFO, logger="bot")
+    org = sample_org(last_day=D, days=3)
+    fake_openrouter.credits, fake_openrouter.keys = org["credits"], org["keys"]
+    fake_openrouter.activity_rows = org["activity"]
+    fake_openrouter.key_activity = org["key_activity"]
+    path = write(tmp_path, f"storage: {{url: '{pg_url}'}}\nreports: {{daily: {{enabled: false}}, "
+                           "weekly: {enabled: false}}\n")
+    env = {"OPENROUTER_MANAGEMENT_KEY": MANAGEMENT_KEY,
+           "OPENROUTER_BASE_URL": fake_openrouter.base_url}
+    daemon = Daemon(App(config=load_config(path, env), env=env, now=lambda: T0))
+    daemon.setup()
+    assert daemon.run_job("sync", daemon.sync)
+    pg_server.terminate_connections(pg_url)  # the database restarts, or the network drops
+    assert not daemon.run_job("sync", daemon.sync)  # one failed job, logged...
+    assert "job sync failed" in caplog.text and "connection lost" in caplog.text
+    assert daemon.run_job("sync", daemon.sync)  # ...and the next one runs on a new connection
+    assert daemon.leader
+    daemon.app.close()

@@ -54,7 +54,7 @@ log = logging.getLogger(__name__)
 Message = SlackMessage | MailMessage
 RETRY_BASE = dt.timedelta(minutes=1)
 RETRY_CAP = dt.timedelta(hours=1)
-HEARTBEAT_EVERY = 30.0  # seconds between renewals of a claim (CLAIM_TTL is 3 minutes)
+HEARTBEAT_EVERY = 30.0  # at most this many seconds between renewals of a claim
 SENT_WRITE_TRIES = 3  # recording "sent" after a transport accepted the message
 _PLAIN_PERIOD = re.compile(r"[0-9A-Za-z.-]+")
 
@@ -257,6 +257,8 @@ class Outbox:
         self.max_age = max_age
         # who claims deliveries: one per run, so its heartbeat renews its claims only
         self.holder = holder or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        # a claim not renewed for this long was cut off (`storage.lease`, like the leases)
+        self.claim_ttl = transports.config.lease_ttl
         self.sleep = sleep  # between tries of a database write
 
     def submit(
@@ -271,6 +273,25 @@ class Outbox:
         options: dict[str, Any] | None = None,
     ) -> Outcome:
         """Record the message under its idempotency key and try to deliver it now."""
+        prepared = self.prepare(job, period, destination, msg, now, force=force,
+                                options=options)
+        return prepared if isinstance(prepared, Outcome) else self.attempt(prepared, now)
+
+    def prepare(
+        self,
+        job: str,
+        period: str,
+        destination: Destination,
+        msg: Message,
+        now: dt.datetime,
+        *,
+        force: bool = False,
+        options: dict[str, Any] | None = None,
+    ) -> Outcome | Delivery:
+        """Record the message under its idempotency key: the delivery to attempt, or the
+        outcome when there is nothing to send (already sent, given up, printed to stdout).
+        Inside `Store.transaction()` it is recorded together with what else the caller
+        writes there."""
         if destination.kind is DestinationKind.STDOUT:
             # nothing to remember: printing is not a delivery
             self.transports.send(destination, msg, options or {}, now)
@@ -284,9 +305,8 @@ class Outbox:
             return Outcome(destination=destination, status=Status.GIVEN_UP,
                            detail=f"earlier ({existing.last_error}); use --force to send it "
                            "anyway", job=job, period=period)
-        delivery = self.store.outbox_put(job, period, str(destination), encode(msg, options),
-                                         now, force=force)
-        return self.attempt(delivery, now)
+        return self.store.outbox_put(job, period, str(destination), encode(msg, options), now,
+                                     force=force)
 
     def attempt(self, delivery: Delivery, now: dt.datetime) -> Outcome:
         """Send one recorded delivery, marking it sending -> sent, or back to pending.
@@ -318,7 +338,7 @@ class Outbox:
             return done(Status.FAILED, f"{delivery.last_error} (checked again, before any "
                         f"re-send, after {quiet_until:%H:%M} UTC)")
         msg, options = decode(delivery.payload)
-        claimed = self.store.outbox_begin(delivery.id, now, holder=self.holder)
+        claimed = self.store.outbox_begin(delivery.id, now, self.claim_ttl, holder=self.holder)
         if claimed is None:
             return self._not_claimed(delivery, destination, now, done)
         from bot.store.heartbeat import Heartbeat
@@ -328,7 +348,8 @@ class Outbox:
             log.info("%s %s to %s: an earlier attempt may have delivered it", delivery.job,
                      delivery.period, delivery.destination)
         try:
-            with Heartbeat(self.store, self.holder, _advancing(now), every=HEARTBEAT_EVERY):
+            every = min(HEARTBEAT_EVERY, self.claim_ttl.total_seconds() / 6)
+            with Heartbeat(self.store, self.holder, _advancing(now), every=every):
                 ref = self.transports.send(destination, msg, options, now, attempt)
         except ConfigError as exc:
             self._failed(claimed, now, str(exc))
@@ -443,8 +464,12 @@ def _advancing(now: dt.datetime) -> Callable[[], dt.datetime]:
 
 
 def retry_due(delivery: Delivery, now: dt.datetime) -> bool:
-    """Failed deliveries are retried after 1, 2, 4 ... minutes, at most an hour apart."""
+    """Failed deliveries are retried after 1, 2, 4 ... minutes, at most an hour apart. One
+    still 'sending' is always looked at: its claim decides (another run is sending it, or its
+    sender died and it is taken over at once, after a look for what was sent)."""
     if delivery.last_attempt_at is None or delivery.attempts == 0:
+        return True
+    if delivery.status == DeliveryState.SENDING:
         return True
     wait = min(RETRY_BASE * 2 ** (delivery.attempts - 1), RETRY_CAP)
     return now - delivery.last_attempt_at >= wait

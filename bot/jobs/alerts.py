@@ -44,7 +44,6 @@ log = logging.getLogger(__name__)
 JOB = "alert"
 # one alerts run at a time per database (cron and a daemon may overlap)
 LEASE = "alerts"
-LEASE_TTL = dt.timedelta(minutes=5)
 
 
 @dataclass(frozen=True)
@@ -232,13 +231,14 @@ def run_alerts(app: App, *, dry_run: bool = False) -> AlertsResult:
         return _evaluate_and_deliver(app, now, dry_run=True)
     store = app.store()
     holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-    if not store.lease_acquire(LEASE, holder, now, LEASE_TTL):
+    ttl = app.config.lease_ttl  # renewed by the heartbeat; a run that died frees it this soon
+    if not store.lease_acquire(LEASE, holder, now, ttl):
         raise BotError("another alerts run is in progress (its lease is held); try again shortly")
     from bot.store.heartbeat import Heartbeat
 
     try:  # the lease is renewed while the run lasts, however long its deliveries take
-        with Heartbeat(store, holder, app.now, every=LEASE_TTL.total_seconds() / 3,
-                       leases={LEASE: LEASE_TTL}):
+        with Heartbeat(store, holder, app.now, every=ttl.total_seconds() / 3,
+                       leases={LEASE: ttl}):
             return _evaluate_and_deliver(app, now, dry_run=False)
     finally:
         store.lease_release(LEASE, holder)
@@ -262,24 +262,32 @@ def _evaluate_and_deliver(app: App, now: dt.datetime, *, dry_run: bool) -> Alert
                                margin=cfg.hysteresis_percent / 100)
     renderer = Renderer(app.config.templates_dir)
     for event in events:
-        outcomes = []
-        for dest in destinations(app, event.obs.rule):
-            if event.quiet and not dest.kind.tracks_lifecycle:
-                continue
-            msg = render(renderer, event, dest, cfg.repeat_every)
-            if dry_run:
+        outcomes: list[Outcome] = []
+        messages = [(dest, render(renderer, event, dest, cfg.repeat_every))
+                    for dest in destinations(app, event.obs.rule)
+                    if not (event.quiet and not dest.kind.tracks_lifecycle)]
+        if dry_run:
+            for dest, msg in messages:
                 result.previews.append(
                     Preview(f"alert {event.action} {event.obs.rule.id}", "alert", dest, msg))
                 outcomes.append(Outcome(destination=dest, status=Status.DRY_RUN))
-                continue
-            assert store is not None
-            outcome = outbox.submit(JOB, period(event), dest, msg, now,
-                                    options=_thread_options(event, dest))
+            result.events.append((event, outcomes))
+            continue
+        assert store is not None
+        # the messages and the state that says they are sent are written together, before
+        # any is sent: a run cut off after this (a killed daemon) leaves them to the next run
+        # to deliver, and that run sees the alert as notified (it never fires it again)
+        with store.transaction():
+            prepared = [outbox.prepare(JOB, period(event), dest, msg, now,
+                                       options=_thread_options(event, dest))
+                        for dest, msg in messages]
+            _save(store, event.state, now)
+        for ready in prepared:
+            outcome = ready if isinstance(ready, Outcome) else outbox.attempt(ready, now)
             if event.action == "fire" and outcome.status is Status.SENT and outcome.ref:
-                event.state.threads[str(dest)] = outcome.ref
+                event.state.threads[str(outcome.destination)] = outcome.ref
             outcomes.append(outcome)
-        if not dry_run:  # saved as soon as its messages are in the outbox
-            assert store is not None
+        if event.state.threads:  # the first messages' ts, for threading what follows
             _save(store, event.state, now)
         result.events.append((event, outcomes))
     if not dry_run:

@@ -1058,6 +1058,13 @@ class Store:
         rows = self._rows("SELECT * FROM alerts ORDER BY rule_id, subject")
         return [_alert_from_row(r) for r in rows]
 
+    # --- transactions --------------------------------------------------------------------
+
+    def transaction(self) -> AbstractContextManager[Db]:
+        """One write transaction around several store calls (they join it): all of them are
+        written, or none (a crash, a lost connection)."""
+        return _write(self.conn)
+
     # --- leases --------------------------------------------------------------------------
 
     def lease_acquire(
