@@ -69,8 +69,9 @@ def clock(fake: FakeOpenRouter) -> FakeClock:
 
 
 @pytest.fixture()
-def store(tmp_path: Path) -> Iterator[Store]:
-    conn = connect(tmp_path / "history.db")
+def store(db_target: str) -> Iterator[Store]:
+    """The history in SQLite, then in PostgreSQL."""
+    conn = connect(db_target)
     yield Store(conn)
     conn.close()
 
