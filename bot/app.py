@@ -128,6 +128,7 @@ class App:
             self.config.slack.webhook_url,
             self.config.email.password,
             *_url_password(self.config.storage_url),
+            *self.config.oncall.secrets(),
         ]
         return [v for v in values if isinstance(v, str) and v]
 

@@ -288,11 +288,15 @@ def print_preview(preview: Preview, out_dir: Path = Path("out")) -> None:
     """Exactly what would be sent, on stdout; e-mail HTML to a file whose path is printed."""
     import json
 
-    from bot.models import MailMessage
+    from bot.models import EventMessage, MailMessage
 
     out = sys.stdout
     dest, msg = preview.destination, preview.message
     out.write(f"--- {preview.label} -> {dest} (dry run, nothing sent) ---\n")
+    if isinstance(msg, EventMessage):
+        out.write(json.dumps({"title": msg.title, "body": msg.body}, indent=2,
+                             ensure_ascii=False) + "\n")
+        return
     if not isinstance(msg, MailMessage):
         out.write(json.dumps({"text": msg.text, "blocks": msg.blocks}, indent=2,
                              ensure_ascii=False) + "\n")

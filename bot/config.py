@@ -174,6 +174,41 @@ class HistoryConfig:
     backfill: dt.timedelta = MAX_BACKFILL  # how far back the first `sync` fills the history
 
 
+DEFAULT_PAGERDUTY_URL = "https://events.pagerduty.com/v2/enqueue"
+
+
+@dataclass(frozen=True)
+class HookConfig:
+    """One `webhooks:` entry: where its JSON goes and the secret that signs it."""
+
+    url: str
+    secret: str | None = None
+    timeout: float = 10.0
+
+    def __repr__(self) -> str:  # the URL may carry a token, the secret is one
+        return "HookConfig(url=***, secret=***)"
+
+
+@dataclass(frozen=True)
+class OnCallConfig:
+    """Alert-only destinations: PagerDuty routing keys (variable -> key), webhooks and
+    Apprise URLs by name. Every value here is a secret."""
+
+    pagerduty_url: str = DEFAULT_PAGERDUTY_URL
+    pagerduty_keys: dict[str, str] = field(default_factory=dict)
+    webhooks: dict[str, HookConfig] = field(default_factory=dict)
+    apprise: dict[str, str] = field(default_factory=dict)
+    timeout: float = 10.0
+
+    def __repr__(self) -> str:
+        return (f"OnCallConfig(pagerduty_keys={sorted(self.pagerduty_keys)}, "
+                f"webhooks={sorted(self.webhooks)}, apprise={sorted(self.apprise)})")
+
+    def secrets(self) -> list[str]:
+        return [*self.pagerduty_keys.values(), *self.apprise.values(),
+                *(v for h in self.webhooks.values() for v in (h.url, h.secret) if v)]
+
+
 @dataclass(frozen=True)
 class Config:
     openrouter: OpenRouterConfig = field(default_factory=OpenRouterConfig)
@@ -193,6 +228,7 @@ class Config:
     templates_dir: Path | None = None
     source: Path | None = None
     history: HistoryConfig = field(default_factory=HistoryConfig)
+    oncall: OnCallConfig = field(default_factory=OnCallConfig)
 
 
 def default_storage_path() -> Path:
@@ -667,6 +703,7 @@ def parse_config(
     reports.finish()
 
     alerts = _alerts(root.section("alerts"))
+    oncall = _oncall(root, alerts, env)
     templates_dir = root.get("templates_dir", _str)
     cfg = Config(
         openrouter=openrouter,
@@ -684,6 +721,7 @@ def parse_config(
         templates_dir=Path(templates_dir).expanduser() if templates_dir else None,
         source=source,
         history=history,
+        oncall=oncall,
     )
     root.finish()
     if strict:
@@ -691,6 +729,34 @@ def parse_config(
         if cfg.templates_dir is not None and not cfg.templates_dir.is_dir():
             raise ConfigError(f"templates_dir: {cfg.templates_dir} is not a folder")
     return cfg
+
+
+def _oncall(root: _Section, alerts: AlertsConfig, env: Mapping[str, str]) -> OnCallConfig:
+    """`pagerduty:`, `webhooks:` and `apprise:`, and the routing keys the alerts name."""
+    pd = root.section("pagerduty")
+    url = pd.get("events_url", _line, DEFAULT_PAGERDUTY_URL)
+    timeout = pd.get("timeout", _seconds, 10.0)
+    pd.finish()
+    hooks_sec = root.section("webhooks")
+    hooks: dict[str, HookConfig] = {}
+    for name in hooks_sec.data:
+        h = hooks_sec.section(str(name))
+        hook_url = h.get("url", _token)
+        if not hook_url:
+            raise ConfigError(f"{h.at('url')}: required (the URL the alert JSON is posted to)")
+        hooks[str(name)] = HookConfig(hook_url, h.get("secret", _token),
+                                      h.get("timeout", _seconds, 10.0))
+        h.finish()
+    apprise_sec = root.section("apprise")
+    urls = {str(name): apprise_sec.get(str(name), _token) for name in list(apprise_sec.data)}
+    apprise_sec.finish()
+    keys = {}
+    for dest in (*alerts.to, *(d for r in alerts.rules for d in r.to)):
+        if dest.kind is DestinationKind.PAGERDUTY and dest.target in env:
+            key = clean_secret(env[dest.target], dest.target)
+            if key:
+                keys[dest.target] = key
+    return OnCallConfig(url, keys, hooks, {k: v for k, v in urls.items() if v}, timeout)
 
 
 def _report(sec: _Section, *, weekly: bool) -> ReportConfig:
@@ -795,6 +861,12 @@ def transport_problem(cfg: Config, dest: Destination) -> str | None:
         return f"{dest} needs slack.token (a bot token)"
     if dest.kind is DestinationKind.EMAIL and not cfg.email.configured:
         return "e-mail destinations need email.host and email.from"
+    if dest.kind is DestinationKind.PAGERDUTY and dest.target not in cfg.oncall.pagerduty_keys:
+        return f"{dest} needs the environment variable {dest.target} (the routing key)"
+    if dest.kind is DestinationKind.HOOK and dest.target not in cfg.oncall.webhooks:
+        return f"{dest} needs webhooks.{dest.target}.url"
+    if dest.kind is DestinationKind.APPRISE and dest.target not in cfg.oncall.apprise:
+        return f"{dest} needs apprise.{dest.target} (an Apprise URL)"
     return None
 
 
@@ -814,4 +886,6 @@ def _check_destinations(cfg: Config) -> None:
     ] + [(f"alerts.rules[{r.index}].to", r.to) for r in cfg.alerts.rules]
     for path, dests in places:
         for i, dest in enumerate(dests):
+            if dest.kind.alerts_only and path.startswith("reports."):
+                raise ConfigError(f"{path}[{i}]: {dest.kind} destinations take alerts only")
             require_transport(cfg, dest, f"{path}[{i}]")

@@ -187,6 +187,15 @@ class SlackMessage:
 
 
 @dataclass(slots=True)
+class EventMessage:
+    """A rendered alert for a machine (PagerDuty, a webhook) or a notification service
+    (Apprise): `title` and a JSON-ready `body`."""
+
+    title: str
+    body: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
 class MailMessage:
     """A rendered e-mail before it becomes MIME: subject, text and HTML bodies, images, files.
 
@@ -223,8 +232,11 @@ class AlertState:
 
 _EMAIL = re.compile(r"^[^@\s<>]+@[^@\s<>]+\.[^@\s<>]+$")
 DESTINATION_FORMS = (
-    "slack:#channel, slack:C0123ABC, slack:webhook, email:someone@example.com or stdout"
+    "slack:#channel, slack:C0123ABC, slack:webhook, email:someone@example.com, stdout, "
+    "pagerduty:ROUTING_KEY_VARIABLE, webhook:NAME or apprise:NAME"
 )
+_ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")  # pagerduty: the variable holding the routing key
+_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")  # webhook:, apprise: a name in the config
 
 
 class DestinationKind(StrEnum):
@@ -234,12 +246,20 @@ class DestinationKind(StrEnum):
     WEBHOOK = "slack:webhook"  # the configured Slack incoming webhook
     EMAIL = "email"
     STDOUT = "stdout"
+    PAGERDUTY = "pagerduty"  # Events API v2, the routing key from the named variable
+    HOOK = "webhook"  # a signed JSON POST to a URL named in `webhooks:`
+    APPRISE = "apprise"  # an Apprise URL named in `apprise:` (Teams, Discord, ntfy ...)
 
     @property
     def tracks_lifecycle(self) -> bool:
         """Whether the place follows an alert's whole lifecycle (an incident opened and
         closed), so it is also told what people reading a channel need not be."""
-        return False
+        return self in (DestinationKind.PAGERDUTY, DestinationKind.HOOK)
+
+    @property
+    def alerts_only(self) -> bool:
+        """Whether only alerts go there (digests and reports are for people and mail)."""
+        return self in (DestinationKind.PAGERDUTY, DestinationKind.HOOK, DestinationKind.APPRISE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,10 +286,19 @@ class Destination:
                 return cls(DestinationKind.SLACK, target)
             if scheme == "email" and _EMAIL.match(target):
                 return cls(DestinationKind.EMAIL, target)
+            if scheme == "pagerduty" and _ENV_NAME.match(target):
+                return cls(DestinationKind.PAGERDUTY, target)
+            if scheme == "pagerduty":
+                raise ValueError(
+                    f"expected pagerduty:VARIABLE, the name of the environment variable that "
+                    f"holds the routing key (such as pagerduty:PAGERDUTY_ROUTING_KEY), got "
+                    f"{scheme}:{'***' if target else ''}")
+            if scheme in ("webhook", "apprise") and _NAME.match(target):
+                return cls(DestinationKind(scheme), target)
         raise ValueError(f"expected a destination such as {DESTINATION_FORMS}, got {text!r}")
 
     def __str__(self) -> str:
-        if self.kind in (DestinationKind.SLACK, DestinationKind.EMAIL):
+        if self.kind not in (DestinationKind.WEBHOOK, DestinationKind.STDOUT):
             return f"{self.kind}:{self.target}"
         return str(self.kind)
 

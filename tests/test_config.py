@@ -21,7 +21,9 @@ def write(tmp_path: Path, text: str) -> Path:
 
 
 def test_example_config_is_valid() -> None:
-    env = {"SLACK_BOT_TOKEN": "xoxb-1", "SMTP_PASSWORD": "pw", "OPENROUTER_API_KEY": "k" * 10}
+    env = {"SLACK_BOT_TOKEN": "xoxb-1", "SMTP_PASSWORD": "pw", "OPENROUTER_API_KEY": "k" * 10,
+           "PAGERDUTY_ROUTING_KEY": "r" * 32, "OPS_BRIDGE_SECRET": "s" * 16,
+           "TEAMS_APPRISE_URL": "msteams://a/b/c"}
     cfg = load_config(ROOT / "config.example.yaml", env)
     assert cfg.timezone == "Europe/Berlin"
     assert cfg.slack.token == "xoxb-1"

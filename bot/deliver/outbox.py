@@ -37,6 +37,7 @@ from bot.models import (
     DeliveryState,
     Destination,
     DestinationKind,
+    EventMessage,
     MailMessage,
     Outcome,
     SlackMessage,
@@ -51,7 +52,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-Message = SlackMessage | MailMessage
+Message = SlackMessage | MailMessage | EventMessage
 RETRY_BASE = dt.timedelta(minutes=1)
 RETRY_CAP = dt.timedelta(hours=1)
 HEARTBEAT_EVERY = 30.0  # at most this many seconds between renewals of a claim
@@ -76,6 +77,8 @@ def encode(msg: Message, options: dict[str, Any] | None = None) -> str:
             "chart_png": _b64(msg.chart_png) if msg.chart_png else None,
             "chart_title": msg.chart_title,
         }
+    elif isinstance(msg, EventMessage):
+        doc = {"type": "event", "title": msg.title, "body": msg.body}
     else:
         doc = {
             "type": "email",
@@ -104,6 +107,8 @@ def decode(text: str) -> tuple[Message, dict[str, Any]]:
             ),
             options,
         )
+    if doc["type"] == "event":
+        return EventMessage(title=doc["title"], body=doc["body"]), options
     return (
         MailMessage(
             subject=doc["subject"],
@@ -222,9 +227,46 @@ class Transports:
             mime = build_mime(msg, sender=self.config.email.sender,
                               recipients=[destination.target], now=now, message_id=msg_id)
             return smtp.send(mime, [destination.target])
+        if kind.alerts_only:
+            if not isinstance(msg, EventMessage):
+                raise ConfigError(f"{destination}: expected an alert event")
+            return self._send_event(destination, msg, attempt)
         # stdout: the renderer gives it its terminal form, text only
+        assert not isinstance(msg, EventMessage)
         sys.stdout.write(msg.text.rstrip("\n") + "\n")
         return ""
+
+    def _send_event(self, destination: Destination, msg: EventMessage,
+                    attempt: Attempt | None) -> str:
+        """PagerDuty (idempotent by dedup_key), a signed webhook or Apprise."""
+        oncall = self.config.oncall
+        name = destination.target
+        if destination.kind is DestinationKind.PAGERDUTY:
+            from bot.deliver.pagerduty import PagerDutySender
+
+            key = oncall.pagerduty_keys.get(name)
+            if not key:
+                raise ConfigError(f"{destination}: the environment variable {name} is not set")
+            sender = PagerDutySender(oncall.pagerduty_url, timeout=oncall.timeout,
+                                     sleep=self._sleep)
+            return sender.send(key, msg.body)
+        if destination.kind is DestinationKind.HOOK:
+            from bot.deliver.webhook import WebhookSender
+
+            hook = oncall.webhooks.get(name)
+            if hook is None:
+                raise ConfigError(f"{destination}: needs webhooks.{name}.url")
+            if attempt is not None and attempt.check_first:
+                log.warning("%s %s to %s: an earlier attempt may have arrived; a webhook cannot "
+                            "be checked, so it is sent again (at-least-once)", attempt.job,
+                            attempt.period, destination)
+            return WebhookSender(name, hook).send(msg.body, attempt.key if attempt else "")
+        from bot.deliver.apprise import AppriseSender
+
+        url = oncall.apprise.get(name)
+        if url is None:
+            raise ConfigError(f"{destination}: needs apprise.{name} (an Apprise URL)")
+        return AppriseSender(name, url).send(msg.title, str(msg.body.get("text", "")))
 
     def find(self, destination: Destination, attempt: Attempt) -> str | None:
         """The ref of the message ``attempt`` delivered, if it can be found (a Slack channel's

@@ -216,9 +216,17 @@ def render(renderer: Renderer, event: Event, dest: Destination,
     }
     if dest.kind is DestinationKind.EMAIL:
         return renderer.email("alert", **ctx)
+    from bot.render import events
     from bot.render.messages import terminal_text
 
+    if dest.kind in (DestinationKind.PAGERDUTY, DestinationKind.HOOK):
+        build = events.pagerduty if dest.kind is DestinationKind.PAGERDUTY else events.webhook
+        return build(event.action, event.obs, event.state, renderer.alert_words(event.obs),
+                     event.state.last_notified_at)
     msg = renderer.slack("alert", **ctx)
+    if dest.kind is DestinationKind.APPRISE:
+        return events.apprise(event.action, renderer.alert_words(event.obs),
+                              terminal_text(msg).text)
     return terminal_text(msg) if dest.kind is DestinationKind.STDOUT else msg
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -105,4 +106,38 @@ def checks(app: App) -> list[Check]:
                          skip=True))
     if DestinationKind.EMAIL in kinds or cfg.email.host:
         out.append(Check("SMTP", lambda: transports.smtp().check()))
+    out.extend(_oncall_checks(app, dests))
     return out
+
+
+def _oncall_checks(app: App, dests: list[Destination]) -> list[Check]:
+    """PagerDuty, webhooks and Apprise: configured, and not tried (that would page or post)."""
+
+    out = []
+    for dest in dests:
+        if dest.kind.alerts_only:
+            out.append(Check(str(dest), functools.partial(_oncall, app, dest),
+                             skip=dest.kind is not DestinationKind.APPRISE))
+    return out
+
+
+def _oncall(app: App, dest: Destination) -> str:
+    from bot.config import transport_problem
+
+    problem = transport_problem(app.config, dest)
+    if problem:
+        raise BotError(problem)
+    if dest.kind is DestinationKind.PAGERDUTY:
+        return f"routing key from ${dest.target} is set; not sent (that would open an incident)"
+    if dest.kind is DestinationKind.HOOK:
+        hook = app.config.oncall.webhooks[dest.target]
+        signed = "signed with HMAC-SHA256" if hook.secret else "NOT signed (no secret)"
+        return f"configured, {signed}; not sent (that would post; at-least-once)"
+    return _apprise(app, dest.target)
+
+
+def _apprise(app: App, name: str) -> str:
+    from bot.deliver.apprise import AppriseSender
+
+    AppriseSender(name, app.config.oncall.apprise[name])  # the library and the URL
+    return "Apprise understands the URL; not sent (that would notify)"
