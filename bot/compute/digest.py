@@ -14,6 +14,7 @@ from decimal import Decimal
 
 from bot.compute import aggregate
 from bot.compute.aggregate import DAY, Figures, Group
+from bot.compute.cost_review import CostReview, review
 from bot.models import ZERO, ActivityRow, ApiKey, Credits
 
 
@@ -107,6 +108,7 @@ class WeeklyReport:
     chart: list[Group]
     rows: list[ActivityRow] = field(default_factory=list)
     top: int = 10
+    cost_review: CostReview | None = None
 
     @property
     def change(self) -> Decimal | None:
@@ -243,9 +245,11 @@ def build_weekly(
     credits: Credits | None,
     previous_total_credits: Decimal | None = None,
     top: int = 10,
+    key_model_rows: list[ActivityRow] | None = None,
 ) -> WeeklyReport:
     """The weekly report for the 7 UTC days ending `end`; `rows` should cover the 14 days
-    before and the month of `end`."""
+    before and the month of `end`; `key_model_rows` (per key and model) name the key behind
+    each pricey model in the cost review."""
     start = end - DAY * 6
     prev_start, prev_end = start - DAY * 7, start - DAY
     week = aggregate.in_range(rows, start, end)
@@ -285,4 +289,6 @@ def build_weekly(
         chart=aggregate.by_date(rows, prev_start, end),
         rows=sorted(week, key=lambda r: (r.date, -r.cost, r.model, r.endpoint_id)),
         top=top,
+        cost_review=review(week, aggregate.in_range(key_model_rows or [], start, end),
+                           key_names),
     )

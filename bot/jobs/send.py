@@ -140,6 +140,7 @@ def build(app: App, job: str, day: dt.date, *, sync: bool = True) -> Built:
         data = build_weekly(
             day, as_of=now, rows=rows, key_rows=key_rows, key_names=names, credits=credits,
             previous_total_credits=prev_total, top=app.config.weekly.top,
+            key_model_rows=store.key_model_rows(day - DAY * 6, day),
         )
     return Built(job, period_key(job, day), data)
 

@@ -85,6 +85,11 @@ def duration(value: dt.timedelta) -> str:
     return " ".join(parts) or f"{int(value.total_seconds())} s"
 
 
+def number_1(value: Decimal) -> str:
+    """A ratio to one place: `7.5`."""
+    return f"{value.quantize(Decimal('0.1'), rounding=ROUND_HALF_UP)}"
+
+
 def first_upper(text: str) -> str:
     """The text with its first letter made upper case (the rest untouched, unlike capitalize)."""
     return text[:1].upper() + text[1:]

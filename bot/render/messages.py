@@ -191,6 +191,7 @@ FILTERS: dict[str, Callable[..., Any]] = {
     "tokens": fmt.tokens,
     "capitalize_first": fmt.first_upper,
     "duration": fmt.duration,
+    "number_1": fmt.number_1,
     "change": fmt.change,
     "day": _day,
     "short_day": _short_day,
