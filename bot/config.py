@@ -67,7 +67,7 @@ class OpenRouterConfig:
     key: str | None = None
     base_url: str = DEFAULT_BASE_URL
     timeout: float = 30.0
-    concurrency: int = 8
+    concurrency: int = 16
     max_attempts: int = 5
     retry_budget: dt.timedelta = dt.timedelta(seconds=60)
 
@@ -652,7 +652,7 @@ def parse_config(
         key=openrouter_key(env),
         base_url=(env.get("OPENROUTER_BASE_URL", "").strip() or file_url).rstrip("/"),
         timeout=base.get("timeout", _seconds, 30.0),
-        concurrency=base.get("concurrency", _positive_int, 8),
+        concurrency=base.get("concurrency", _positive_int, 16),
         max_attempts=base.get("max_attempts", _positive_int, 5),
         retry_budget=base.get("retry_budget", _duration, dt.timedelta(seconds=60)),
     )

@@ -52,12 +52,18 @@ ANALYTICS_PER_MINUTE = 64
 ANALYTICS_MAX_DAYS = 365
 PROVIDER_WINDOW_DAYS = 31
 ANALYTICS_LIMIT = 10_000  # the documented maximum; the server may raise it for time series
-ANALYTICS_TARGET_ROWS = 40_000  # rows we aim for in one answer (memory per answer stays small)
+# rows we aim for in one answer: what one answer costs in memory (about 1 KB a row while it is
+# decoded and stored) stays well under the 100 MB a run may take; a year of a 560-key org is
+# then about 75 queries
+ANALYTICS_TARGET_ROWS = 24_000
 ANALYTICS_FIRST_DAYS = 2  # the first window, which measures how many rows a day has
-ANALYTICS_MAX_WINDOW = 92
+ANALYTICS_MAX_WINDOW = 366
+# total_usage (= credits_usage + byok_usage) is not asked for: its two parts say it all, and
+# each figure less makes a year of answers lighter; if an answer carries it, it is used where
+# credits_usage is missing
 ANALYTICS_METRICS = (
-    "total_usage", "credits_usage", "byok_usage", "request_count", "tokens_prompt",
-    "tokens_completion", "reasoning_tokens",
+    "credits_usage", "byok_usage", "request_count", "tokens_prompt", "tokens_completion",
+    "reasoning_tokens",
 )
 
 DAY = dt.timedelta(days=1)
@@ -150,6 +156,13 @@ class _RawAnalytics(msgspec.Struct):
     data: list[_RawAnalyticsRow] = []
     metadata: _RawAnalyticsMeta = msgspec.field(default_factory=_RawAnalyticsMeta)
     warnings: list[str] = []
+
+
+class _AnalyticsEnvelope(msgspec.Struct):
+    """The analytics answer decoded in one pass (no copy of the body's `data`)."""
+
+    data: _RawAnalytics | None = None
+    error: Any = None
 
 
 @functools.cache
@@ -328,7 +341,7 @@ def _analytics_row(r: _RawAnalyticsRow, key_hash: str) -> ActivityRow:
     `provider` and `endpoint_id` are "" unless the query grouped by provider."""
     bucket = r.date__day if r.date__day is not None else r.created_at__day
     byok = _finite(r.byok_usage, "byok_usage")
-    if r.credits_usage is not None:
+    if r.credits_usage is not None or r.total_usage is None:  # null: an unused component
         usage = _finite(r.credits_usage, "credits_usage")
     else:  # total_usage = credits + BYOK inference
         usage = _finite(r.total_usage, "total_usage") - byok
@@ -716,17 +729,26 @@ class OpenRouterClient:
         """List the keys in a worker and fetch each key's activity as its page arrives;
         hand results to `sink` here, in completion order. The first failure stops it all."""
         done_listing = object()
-        results: queue.Queue[Any] = queue.Queue()
+        # bounded: workers wait while this thread stores, so parsed rows never pile up
+        results: queue.Queue[Any] = queue.Queue(maxsize=self.concurrency)
         stop = threading.Event()
         futures: list[Future[None]] = []
+
+        def put(item: Any) -> None:
+            while not stop.is_set():  # once stopped, nobody reads: never block on a full queue
+                try:
+                    results.put(item, timeout=0.05)
+                    return
+                except queue.Full:
+                    continue
 
         def fetch(key: ApiKey) -> None:
             if stop.is_set():
                 return
             try:
-                results.put((key, self.activity(date, key.hash)))
+                put((key, self.activity(date, key.hash)))
             except BaseException as exc:
-                results.put(exc)
+                put(exc)
 
         def lister() -> None:
             try:
@@ -734,9 +756,9 @@ class OpenRouterClient:
                     if stop.is_set():
                         return
                     futures.extend(pool.submit(fetch, key) for key in page)
-                results.put(done_listing)
+                put(done_listing)
             except BaseException as exc:
-                results.put(exc)
+                put(exc)
 
         futures.append(pool.submit(lister))
         listed = False
@@ -788,7 +810,16 @@ class OpenRouterClient:
             if exc.status in (404, 405):  # 405: a proxy or fake that allows only GET
                 raise AnalyticsUnavailable(f"{exc.status} {exc}") from exc
             raise
-        answer = self._decode("/analytics/query", content, _RawAnalytics, "an object")
+        try:  # one pass straight into structs; answers can be large
+            envelope = _decoder(_AnalyticsEnvelope).decode(content)
+        except msgspec.DecodeError:  # say precisely what is wrong, the slow way
+            self._decode("/analytics/query", content, _RawAnalytics, "an object")
+            raise
+        finally:
+            del content
+        if envelope.data is None:
+            raise self._malformed("/analytics/query", "no 'data' field")
+        answer = envelope.data
         for warning in answer.warnings:
             log.debug("analytics warning: %s", _short(str(warning)))
         return answer
@@ -843,7 +874,8 @@ class OpenRouterClient:
             queries += n
             out: list[ActivityRow] = []
             held: dict[tuple[dt.date, str, str], list[Any]] = {}
-            for r in rows:
+            for i, r in enumerate(rows):
+                rows[i] = None  # type: ignore[call-overload]  # freed as converted
                 label = r.api_key_id or ""
                 if label in unique:
                     out.append(_analytics_row(r, unique[label]))
@@ -897,17 +929,30 @@ class OpenRouterClient:
         never used: its window is split and asked again (a single day by key set)."""
         target = ANALYTICS_TARGET_ROWS
         span = min(ANALYTICS_FIRST_DAYS, max_days)
+        parts = 1  # key sets a day is asked in, when one day holds more than the target
         last = end
         while last >= start:
             first = max(start, last - DAY * (span - 1))
             rows: list[_RawAnalyticsRow] = []
-            queries, cap = self._exact(first, last, dimensions, only, all_hashes, rows)
+            if parts > 1 and only is None and all_hashes:
+                size = -(-len(all_hashes) // parts)
+                queries, cap = 0, None
+                for i in range(0, len(all_hashes), size):
+                    n, c = self._exact(first, last, dimensions, all_hashes[i : i + size],
+                                       all_hashes, rows)
+                    queries += n
+                    cap = c if cap is None or (c is not None and c < cap) else cap
+                queries += self._rest(first, dimensions, all_hashes, rows, last)
+            else:
+                queries, cap = self._exact(first, last, dimensions, only, all_hashes, rows)
             if cap is not None:  # the server cut answers at `cap` rows: stay well below it
                 target = min(target, max(1, cap * 3 // 4))
             yield first, last, rows, queries
             days = (last - first).days + 1
             density = max(len(rows) / days, 1.0)
-            span = int(max(1, min(max_days, target // density)))
+            span = int(max(1, min(max_days, round(target / density))))
+            if "api_key_id" in dimensions and density > target * 1.25:
+                parts = -(-int(density) // target)
             last = first - DAY
 
     def _exact(
@@ -996,15 +1041,22 @@ class OpenRouterClient:
         return queries, min(caps) if caps else None
 
     def _rest(
-        self, day: dt.date, dimensions: list[str], hashes: list[str], out: list[_RawAnalyticsRow]
+        self,
+        day: dt.date,
+        dimensions: list[str],
+        hashes: list[str],
+        out: list[_RawAnalyticsRow],
+        last: dt.date | None = None,
     ) -> int:
+        """Rows of keys not in `hashes` (deleted keys, spend without a key), `day`..`last`."""
+        last = last or day
         body = {
             "metrics": list(ANALYTICS_METRICS),
             "dimensions": dimensions,
             "granularity": "day",
             "time_range": {
                 "start": f"{day.isoformat()}T00:00:00Z",
-                "end": f"{(day + DAY).isoformat()}T00:00:00Z",
+                "end": f"{(last + DAY).isoformat()}T00:00:00Z",
             },
             "filters": [{"field": "api_key_id", "operator": "not_in", "value": hashes}],
             "limit": ANALYTICS_LIMIT,
@@ -1015,7 +1067,10 @@ class OpenRouterClient:
                 f"OpenRouter analytics answer for {day} (keys not in the key list) was truncated; "
                 "history for that day is incomplete"
             )
-        out.extend(answer.data)
+        for r in answer.data:
+            bucket = r.date__day if r.date__day is not None else r.created_at__day
+            if day <= _day(bucket) <= last:
+                out.append(r)
         return 1
 
     # -- HTTP ------------------------------------------------------------------------------------

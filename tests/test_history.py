@@ -143,10 +143,14 @@ def test_fresh_install_after_one_sync_reports_200_days_like_the_server(
     assert set(by_model) == {r["model"] for r in server}  # /activity's names, old days too
     for model, item in by_model.items():
         assert close(item["cost"], cost(r for r in server if r["model"] == model)), model
+    # providers for the last 31 days (the API's limit); older days keep the model alone
     by_provider = {p["provider"]: p["cost"] for p in doc["by_provider"]}
-    assert set(by_provider) == {"OpenAI", "Anthropic", "Amazon Bedrock"}  # split all year
+    assert set(by_provider) == {"OpenAI", "Anthropic", "Amazon Bedrock", "unknown"}
+    recent = [r for r in server if str(r["date"])[:10] >= str(YESTERDAY - DAY * 30)]
     for provider, value in by_provider.items():
-        assert close(value, cost(r for r in server if r["provider_name"] == provider))
+        if provider != "unknown":
+            assert close(value, cost(r for r in recent if r["provider_name"] == provider))
+    assert close(by_provider["unknown"], cost(server) - cost(recent))
 
 
 # -- keys: hashes, shared names, deleted keys, spend without a key -----------------------------
@@ -445,3 +449,27 @@ def test_a_report_a_year_back_reads_history_summed_in_sql(
     assert close(sum(Decimal(str(w["cost"])) for w in doc["by_workspace"]), cost(server))
     hashes = [k["hash"] for k in doc["by_key"]]
     assert len(hashes) == len(set(hashes))
+
+
+def test_monthly_sums_answer_long_ranges_and_a_stale_month_reads_its_days(
+    fake: FakeOpenRouter, clock: FakeClock, store: Store
+) -> None:
+    from bot.models import ActivityRow
+
+    with client_for(fake, clock) as client:
+        run_sync(client, store, now=NOW, backfill=dt.timedelta(days=120))
+    assert store.conn.execute("SELECT count(*) FROM key_month_stale").fetchone()[0] == 0
+    assert store.conn.execute("SELECT count(*) FROM key_month").fetchone()[0] > 0
+    first = TODAY - DAY * 120
+    before = key_costs(store, first, YESTERDAY)
+    assert close(sum(before.values(), Decimal(0)), cost(truth(fake, first, YESTERDAY)))
+    day = (TODAY - DAY * 80).replace(day=10)  # inside a whole month of the range
+    extra = ActivityRow(day, "m/x", "m/x", "", "", Decimal("2.5"), Decimal(0), 1, 0, 0, 0,
+                        key_hash=placeholder_hash("late"))
+    batch = store.usage_batch(NOW)
+    batch.analytics([extra])
+    batch.flush()
+    stale = key_costs(store, first, YESTERDAY)  # the month is read from its days
+    assert stale[placeholder_hash("late")] == Decimal("2.5")
+    assert store.refresh_key_months() == 1
+    assert key_costs(store, first, YESTERDAY) == stale

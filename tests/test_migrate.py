@@ -18,7 +18,8 @@ from bot.store import MIGRATIONS, SCHEMA_VERSION, Store, connect, migrate
 from bot.store.backend import Db, open_db
 
 TABLES = {"schema_migrations", "credits", "activity", "coverage", "keys", "meta", "deliveries",
-          "alerts", "leases", "workspaces", "key_ids", "model_ids", "key_usage"}
+          "alerts", "leases", "workspaces", "key_ids", "model_ids", "key_usage", "key_month",
+          "key_month_stale"}
 
 
 def tables(conn: sqlite3.Connection) -> set[str]:

@@ -3,8 +3,9 @@ into history as it arrives), then a year of history from the analytics API.
 
 History from the analytics API: on first use back to `history.backfill` (default 365 days),
 afterwards only what is new plus the last two days (they still change); `sync --backfill 90d`
-asks again on demand. Per UTC day it keeps spend by key x model, and by model x provider
-(in windows of 31 days, the API's limit for providers). On the days /activity also covers,
+asks again on demand. Per UTC day it keeps spend by key x model, and by model x provider for the
+last 31 days (the API splits by provider only over 31 days; older days keep the model alone,
+with provider "unknown"). On the days /activity also covers,
 /activity's figures are kept and the two are compared: a difference of a cent or more is
 logged once, with its size. Without the analytics API (403/404) history is what /activity
 gives, as before.
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 FROM_META = "history.analytics_from"  # the first day the analytics API filled
 TO_META = "history.analytics_to"  # the last day it filled
 CENT = Decimal("0.01")
+PROVIDER_DAYS = 31  # the analytics API splits by provider over at most 31 days
 
 Progress = Callable[[int, int], None]
 
@@ -135,6 +137,7 @@ def run_sync(
     stats.add(batch.stats)
     history = fill_history(client, store, snap.keys, now=now, backfill=backfill, refill=refill,
                            progress=history_progress)
+    store.refresh_key_months()
     return SyncResult(snap, stats, fetched, history)
 
 
@@ -231,17 +234,22 @@ def fill_history(
 def _org_days(
     client: OpenRouterClient, store: Store, start: dt.date, end: dt.date, now: dt.datetime
 ) -> int:
-    """Org-wide days by model x provider; where the API will not split by provider (a 400),
-    by model from the per-key figures, with provider "unknown"."""
+    """Org-wide days: by model x provider for the last 31 days (the API splits by provider
+    only over 31 days); before that, and wherever it will not split (a 400), by model from
+    the per-key figures, with provider "unknown"."""
     done_from = end + DAY
+    latest = (now.astimezone(dt.UTC) - SETTLE).date() - DAY
+    split_from = max(start, latest - DAY * (PROVIDER_DAYS - 1))
 
     def keep(first: dt.date, last: dt.date, rows: list[ActivityRow]) -> None:
         nonlocal done_from
         store.save_org_analytics(rows, first, last, now)
         done_from = min(done_from, first)
 
+    queries = 0
     try:
-        return client.model_provider_days(start, end, keep)
+        if split_from <= end:
+            queries = client.model_provider_days(split_from, end, keep)
     except ApiError as exc:
         if exc.status != 400:
             raise
@@ -250,7 +258,7 @@ def _org_days(
     if start < done_from:
         rest = store.org_rows_from_keys(start, done_from - DAY)
         store.save_org_analytics(rest, start, done_from - DAY, now)
-    return 0
+    return queries
 
 
 def _compare(

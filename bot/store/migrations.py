@@ -259,5 +259,25 @@ MIGRATIONS: list[tuple[str | PerDialect, ...]] = [
         # sending it again
         "ALTER TABLE deliveries ADD COLUMN maybe_sent INTEGER NOT NULL DEFAULT 0",
     ),
+    # 7: each key's figures per calendar month, kept from key_usage, so a report a year back
+    # sums a row per key and month; a month written since its sums were taken is stale and is
+    # read from key_usage until they are taken again
+    (
+        """
+        CREATE TABLE key_month (
+                key_id INTEGER NOT NULL,
+                month TEXT NOT NULL,
+                usage INTEGER NOT NULL,
+                byok_usage INTEGER NOT NULL,
+                requests INTEGER NOT NULL,
+                prompt_tokens INTEGER NOT NULL,
+                completion_tokens INTEGER NOT NULL,
+                reasoning_tokens INTEGER NOT NULL,
+                PRIMARY KEY (month, key_id)
+            )
+        """,
+        "CREATE TABLE key_month_stale (month TEXT PRIMARY KEY)",
+        "INSERT INTO key_month_stale (month) SELECT DISTINCT substr(date, 1, 7) FROM key_usage",
+    ),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
