@@ -315,6 +315,12 @@ def print_preview(preview: Preview, out_dir: Path = Path("out")) -> None:
     out.write(f"HTML body written to {html_path}\n\n{msg.text.rstrip()}\n")
 
 
+def say(line: str) -> None:
+    """One status line on stdout (shown as soon as it is known), with what came from outside
+    (names, servers' error texts) on one line, without control characters or secrets."""
+    print(one_line(REDACTOR.redact(line), 2000), flush=True)
+
+
 def error_line(detail: str, kind: str = "error") -> None:
     """One line on stderr: `openrouter-usage: error: ...`, secrets redacted in every form."""
     print(one_line(f"openrouter-usage: {kind}: {REDACTOR.redact(detail)}", 1000),
@@ -347,7 +353,7 @@ def cmd_send(args: argparse.Namespace, hooks: Hooks) -> int:
     for preview in result.previews:
         print_preview(preview)
     for o in result.outcomes:
-        print(f"{result.job} {o.period or result.period}: {o.line()}")
+        say(f"{result.job} {o.period or result.period}: {o.line()}")
     return exit_code(result.ok, result.outcomes)
 
 
@@ -360,7 +366,7 @@ def cmd_alerts(args: argparse.Namespace, hooks: Hooks) -> int:
     for preview in result.previews:
         print_preview(preview)
     for o in result.retried:  # alerts earlier runs could not deliver
-        print(f"{o.job} {o.period}: {o.line()}")
+        say(f"{o.job} {o.period}: {o.line()}")
     if not result.events:
         print("alerts: no alert started, repeated or resolved" if result.retried
               else "alerts: nothing changed")
@@ -368,8 +374,8 @@ def cmd_alerts(args: argparse.Namespace, hooks: Hooks) -> int:
     for event, outcomes in result.events:
         sent = ", ".join(o.line() for o in outcomes)
         words = renderer.alert_words(event.obs)
-        print(f"{event.action.upper():8} {event.obs.rule.id} {words.subject}: "
-              f"{words.value} (threshold {words.threshold}) -> {sent}")
+        say(f"{event.action.upper():8} {event.obs.rule.id} {words.subject}: "
+            f"{words.value} (threshold {words.threshold}) -> {sent}")
     outcomes = [o for _, outs in result.events for o in outs]
     return exit_code(result.ok, outcomes + result.retried)
 
@@ -391,7 +397,7 @@ def cmd_check(args: argparse.Namespace, hooks: Hooks) -> int:
     for check in checks(app):
         result = check.run()  # one at a time, so each line shows as soon as it is known
         failed += result.verdict is Verdict.FAIL
-        print(f"{result.verdict:<6}{result.name}: {result.detail}", flush=True)
+        say(f"{result.verdict:<6}{result.name}: {result.detail}")
     if failed:
         print(f"{failed} check(s) failed", file=sys.stderr)
         return 1

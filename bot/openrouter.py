@@ -22,7 +22,7 @@ from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from decimal import Decimal
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import httpx
 import msgspec
@@ -46,6 +46,7 @@ BACKOFF_CAP = 30.0
 MAX_MESSAGE = 200
 # no account spends a trillion dollars: a larger amount is a broken answer, not money
 MAX_MONEY = Decimal(10) ** 12
+MAX_COUNT = 10**15
 
 # The analytics API: 64 queries a minute, 365 days back, `provider` only in windows of 31 days.
 ANALYTICS_PER_MINUTE = 64
@@ -80,6 +81,10 @@ class _Envelope(msgspec.Struct):
     total_count: int | None = None
 
 
+# a count (requests, tokens) beyond this is a broken answer, and would not fit the history
+_Count = Annotated[int, msgspec.Meta(ge=-MAX_COUNT, le=MAX_COUNT)]
+
+
 class _RawRow(msgspec.Struct):
     date: Any = None
     model: str | None = None
@@ -88,10 +93,10 @@ class _RawRow(msgspec.Struct):
     provider_name: str | None = None
     usage: Decimal | None = None
     byok_usage_inference: Decimal | None = None
-    requests: int | None = None
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    reasoning_tokens: int | None = None
+    requests: _Count | None = None
+    prompt_tokens: _Count | None = None
+    completion_tokens: _Count | None = None
+    reasoning_tokens: _Count | None = None
     workspace_id: str | None = None
 
 
@@ -141,10 +146,10 @@ class _RawAnalyticsRow(msgspec.Struct):
     total_usage: Decimal | None = None
     credits_usage: Decimal | None = None
     byok_usage: Decimal | None = None
-    request_count: int | None = None
-    tokens_prompt: int | None = None
-    tokens_completion: int | None = None
-    reasoning_tokens: int | None = None
+    request_count: _Count | None = None
+    tokens_prompt: _Count | None = None
+    tokens_completion: _Count | None = None
+    reasoning_tokens: _Count | None = None
 
 
 class _RawAnalyticsMeta(msgspec.Struct):
@@ -1108,7 +1113,7 @@ class OpenRouterClient:
                         failure.status,
                     ) from failure.__cause__
                 delay = min(self._backoff(attempt, failure.after), remaining)
-                log.info(
+                log.debug(  # the chatter of a retry: only with -v; the failure is one line
                     "OpenRouter %s: %s; retrying in %.1fs (attempt %d of %d)",
                     path, failure.reason, delay, attempt + 1, self.max_attempts,
                 )

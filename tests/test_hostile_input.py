@@ -383,6 +383,17 @@ def test_absurd_api_amounts_are_one_line_exit_1(org, capsys, number: str,
     assert "OpenRouter /activity returned a malformed body: usage is out of range" in err
 
 
+@pytest.mark.parametrize("number", ["1e30", "99999999999999999999999"])
+def test_absurd_api_counts_are_one_line_exit_1_not_a_history_overflow(org, capsys,
+                                                                      number: str) -> None:
+    row = dict(org.activity_rows[0], requests="NUMBER")
+    org.fail_next("/activity", 200, body=json.dumps({"data": [row]}).replace('"NUMBER"', number))
+    code, out, err = cli(capsys, "sync")
+    assert code == 1 and out == ""
+    assert_one_line(err)
+    assert "OpenRouter /activity returned a malformed body: requests" in err
+
+
 def test_absurd_credits_are_one_line_exit_1(org, capsys) -> None:
     org.fail_next("/credits", 200, body='{"data": {"total_credits": 1e5000, "total_usage": 1}}')
     code, out, err = cli(capsys, "report")
@@ -656,3 +667,18 @@ def test_a_failed_delivery_is_one_stderr_line_at_most(world, capsys) -> None:
     code, out, err = cli(capsys, "send", "daily")
     assert code == 1 and "slack:#ops: failed" in out
     assert err.count("\n") <= 1, err
+
+
+
+def test_status_lines_are_one_line_without_secrets_or_controls(capsys, monkeypatch) -> None:
+    # what the shells print per delivery, alert and check carries servers' and users' text
+    from bot.cli import REDACTOR, say
+
+    token = "bot-token-not-shaped-like-one-4242"
+    monkeypatch.setattr(REDACTOR, "secrets", [token])
+    say(f"daily: slack:#ops: failed (answer: {token!r} {urllib.parse.quote(token)}"
+        "\x1b[2J\r\nforged: line)")
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1 and "forged: line" in out and "***" in out
+    assert_no_secret(out, token)
+    assert "\x1b" not in out and "\r" not in out

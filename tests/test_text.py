@@ -25,3 +25,28 @@ def test_one_line_collapses_whitespace_and_cuts_with_an_ellipsis() -> None:
     cut = one_line("x" * 500, 200)
     assert len(cut) == 200 and cut.endswith("…")
     assert one_line("y" * 200, 200) == "y" * 200
+
+
+def test_redact_matches_repr_json_and_url_encoded_forms() -> None:
+    import json
+    from urllib.parse import quote, quote_plus
+
+    secret = "pa ss/wörd&x=\n"
+    text = " | ".join([secret, repr(secret), repr(secret.encode()), json.dumps(secret),
+                       quote(secret, safe=""), quote_plus(secret), secret.strip()])
+    out = redact(text, [secret])
+    for form in ("pa ss", "pa%20ss", "pa+ss", "w\\xc3\\xb6rd", "w\\u00f6rd", "wörd"):
+        assert form not in out, form
+
+
+def test_csv_text_neutralises_formula_starts_only() -> None:
+    from bot.text import csv_text
+
+    assert [csv_text(v) for v in ("=1+1", "+1", "-1", "@A1", "\tx", "\r=x", "gpt-4o", "a=b")] \
+        == ["'=1+1", "'+1", "'-1", "'@A1", "'\tx", "'=x", "gpt-4o", "a=b"]
+
+
+def test_strip_controls_keeps_text_newlines_and_tabs() -> None:
+    from bot.text import strip_controls
+
+    assert strip_controls("a\x1b[2Jb\x9b\u202ec\x07\td\ne\r") == "a[2Jbc\td\ne"
