@@ -318,7 +318,10 @@ def print_preview(preview: Preview, out_dir: Path = Path("out")) -> None:
 def say(line: str) -> None:
     """One status line on stdout (shown as soon as it is known), with what came from outside
     (names, servers' error texts) on one line, without control characters or secrets."""
-    print(one_line(REDACTOR.redact(line), 2000), flush=True)
+    from bot.text import strip_controls
+
+    text = strip_controls(REDACTOR.redact(line))
+    print(text.replace("\n", " ").replace("\t", " "), flush=True)
 
 
 def error_line(detail: str, kind: str = "error") -> None:
