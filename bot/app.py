@@ -126,6 +126,7 @@ class App:
             self.config.openrouter.key,
             self.config.slack.token,
             self.config.slack.webhook_url,
+            self.config.slack.app_token,
             self.config.email.password,
             *_url_password(self.config.storage_url),
             *self.config.oncall.secrets(),

@@ -379,6 +379,16 @@ def cmd_alerts(args: argparse.Namespace, hooks: Hooks) -> int:
         words = renderer.alert_words(event.obs)
         say(f"{event.action.upper():8} {event.obs.rule.id} {words.subject}: "
             f"{words.value} (threshold {words.threshold}) -> {sent}")
+    from bot.render.fmt import as_of
+
+    for quiet in result.silenced:  # acknowledged or snoozed from Slack
+        sil = quiet.silence
+        if quiet.snoozed and sil.snoozed_until is not None:
+            say(f"SNOOZED  {quiet.rule_id} {quiet.name}: until {as_of(sil.snoozed_until)} "
+                f"(by {sil.snoozed_by}); it still resolves")
+        if quiet.acknowledged and sil.acked_at is not None:
+            say(f"ACKED    {quiet.rule_id} {quiet.name}: by {sil.acked_by} at "
+                f"{as_of(sil.acked_at)}; no repeats until it resolves")
     outcomes = [o for _, outs in result.events for o in outs]
     return exit_code(result.ok, outcomes + result.retried)
 

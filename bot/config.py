@@ -78,6 +78,10 @@ class SlackConfig:
     webhook_url: str | None = None
     base_url: str = DEFAULT_SLACK_API
     charts: bool = False
+    # the interactive bot (Socket Mode): an app-level token turns it on
+    app_token: str | None = None
+    command: str = "/openrouter"
+    allowed_users: tuple[str, ...] = ()  # user (U…/W…) or user group (S…) IDs; () = everyone
 
 
 Security = Literal["starttls", "ssl", "none"]
@@ -507,6 +511,32 @@ def _database_url(value: Any, path: str) -> str:
     return text
 
 
+def _app_token(value: Any, path: str) -> str | None:
+    text = clean_secret(_str(value, path), path)
+    if text and not text.startswith("xapp-"):
+        raise ConfigError(f"{path}: expected an app-level token (xapp-...)")
+    return text
+
+
+def _slash_command(value: Any, path: str) -> str:
+    text = _str(value, path).strip()
+    if not re.fullmatch(r"/[a-z0-9_-]{1,31}", text):
+        raise ConfigError(f"{path}: expected a slash command such as /openrouter, got {value!r}")
+    return text
+
+
+def _slack_ids(value: Any, path: str) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list):
+        raise ConfigError(f"{path}: expected a list of Slack user or user group IDs")
+    for i, item in enumerate(value):
+        if not (isinstance(item, str) and re.fullmatch(r"[UWS][A-Z0-9]{2,}", item)):
+            raise ConfigError(f"{path}[{i}]: expected a Slack user ID (U0123ABC) or user group "
+                              f"ID (S0123ABC), got {item!r}")
+    return tuple(value)
+
+
 def _choice(*options: str) -> Callable[[Any, str], Any]:
     def conv(value: Any, path: str) -> str:
         if value not in options:
@@ -664,8 +694,14 @@ def parse_config(
         webhook_url=s.get("webhook_url", _token),
         base_url=s.get("base_url", _line, DEFAULT_SLACK_API),
         charts=s.get("charts", _bool, False),
+        app_token=s.get("app_token", _app_token) or None,
+        command=s.get("command", _slash_command, "/openrouter"),
+        allowed_users=s.get("allowed_users", _slack_ids, ()),
     )
     s.finish()
+    if slack.app_token and not slack.token:
+        raise ConfigError("slack.app_token: the interactive bot also needs slack.token (a bot "
+                          "token, xoxb-...)")
 
     e = root.section("email")
     email = EmailConfig(

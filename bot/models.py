@@ -359,3 +359,18 @@ class Outcome:
         """`slack:#ops: already sent (at 2026-11-25 09:00 UTC)`."""
         return f"{self.destination}: {self.status.label}" + (
             f" ({self.detail})" if self.detail else "")
+
+
+@dataclass(frozen=True, slots=True)
+class Silence:
+    """What people did about one alert (rule, subject) from Slack: an acknowledgement of one
+    firing episode (the alert's ``since``) and/or a snooze until a time."""
+
+    rule_id: str
+    subject: str
+    acked_since: dt.datetime | None = None  # the episode acknowledged
+    acked_by: str = ""  # Slack user ID
+    acked_at: dt.datetime | None = None
+    snoozed_until: dt.datetime | None = None
+    snoozed_by: str = ""
+    snoozed_at: dt.datetime | None = None

@@ -138,6 +138,7 @@ class Daemon:
     sleep: Callable[[float], None] = time.sleep
     slots: list[SlotJob] = field(default_factory=list)
     scheduler: schedule.Scheduler | None = None
+    interactive: Any = None  # the Slack bot (bot.interactive.service) when slack.app_token is set
 
     def setup(self) -> schedule.Scheduler:
         import schedule
@@ -171,6 +172,8 @@ class Daemon:
                          f"{upcoming:%Y-%m-%d %H:%M:%S}")
                 self.slots.append(job)
         sched.every(SLOT_CHECK_SECONDS).seconds.do(self.check_slots)
+        if cfg.slack.app_token:
+            sched.every(60).seconds.do(self.listen)
         self.scheduler = sched
         return sched
 
@@ -209,8 +212,23 @@ class Daemon:
         from bot.jobs.sync import run_sync
 
         with self.app.client() as client:
-            return run_sync(client, self.app.store(), now=self.app.now(),
-                            backfill=self.app.config.history.backfill).summary()
+            summary = run_sync(client, self.app.store(), now=self.app.now(),
+                               backfill=self.app.config.history.backfill).summary()
+        if self.interactive is not None and self.interactive.listener.started:
+            summary = " ".join(filter(None, (summary, self.interactive.after_sync())))
+        return summary
+
+    def listen(self) -> None:
+        """Connect the interactive Slack bot (Socket Mode) unless it is connected; it
+        reconnects by itself after that."""
+        from bot.interactive.service import Interactive
+
+        try:
+            if self.interactive is None:
+                self.interactive = Interactive(self.app)
+            self.interactive.ensure_started()
+        except BotError as exc:
+            log.error("Slack Socket Mode not connected (trying again in a minute): %s", exc)
 
     def alerts(self) -> str:
         from bot.jobs.alerts import run_alerts
@@ -330,6 +348,8 @@ class Daemon:
             wait = min(sched.idle_seconds or 1.0, 1.0)
             if wait > 0 and not self.stopping:
                 self.sleep(wait)
+        if self.interactive is not None:
+            self.interactive.stop()
         try:
             self.app.store().lease_release(LEASE, self.holder)
         except BotError as exc:

@@ -9,7 +9,7 @@ import pytest
 
 pytest_plugins = [
     "tests.fake_openrouter", "tests.fake_slack", "tests.fake_smtp", "tests.pg_server",
-    "tests.fake_pagerduty", "tests.fake_webhook",
+    "tests.fake_pagerduty", "tests.fake_webhook", "tests.fake_socket_mode",
 ]
 
 

@@ -19,7 +19,7 @@ from bot.store.backend import Db, open_db
 
 TABLES = {"schema_migrations", "credits", "activity", "coverage", "keys", "meta", "deliveries",
           "alerts", "leases", "workspaces", "key_ids", "model_ids", "key_usage", "key_month",
-          "key_month_stale"}
+          "key_month_stale", "alert_silences", "slack_actions", "slack_home_users"}
 
 
 def tables(conn: sqlite3.Connection) -> set[str]:

@@ -13,6 +13,7 @@ import logging
 import os
 import socket
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from bot.compute import aggregate
 from bot.compute.alert_rules import Action, Inputs, Observation, evaluate, gone, step
 from bot.compute.burn import BurnState, Sample
+from bot.compute.silence import acknowledged, held, snoozed
 from bot.config import AlertRule
 from bot.deliver.outbox import Message, Outbox
 from bot.errors import BotError, ConfigError
@@ -31,6 +33,7 @@ from bot.models import (
     Destination,
     DestinationKind,
     Outcome,
+    Silence,
     Status,
 )
 
@@ -69,10 +72,36 @@ class AlertsResult:
     events: list[tuple[Event, list[Outcome]]] = field(default_factory=list)
     previews: list[Preview] = field(default_factory=list)
     retried: list[Outcome] = field(default_factory=list)
+    silenced: list[Silenced] = field(default_factory=list)  # acknowledged or snoozed in Slack
 
     @property
     def ok(self) -> bool:
         return all(o.ok for _, outcomes in self.events for o in outcomes)
+
+
+@dataclass(frozen=True)
+class Silenced:
+    """An alert people acknowledged or snoozed from Slack, while that is in force."""
+
+    rule_id: str
+    subject: str
+    name: str  # the key's name for a key alert, else the subject
+    silence: Silence
+    acknowledged: bool  # its current episode was acknowledged
+    snoozed: bool
+
+
+def silenced(store: Store, now: dt.datetime) -> list[Silenced]:
+    states = {(s.rule_id, s.subject): s for s in store.alert_all()}
+    names = store.key_names()
+    out = []
+    for (rule_id, subject), sil in store.silences().items():
+        st = states.get((rule_id, subject))
+        acked = st is not None and st.status == "firing" and acknowledged(sil, st.since)
+        if acked or snoozed(sil, now):
+            out.append(Silenced(rule_id, subject, names.get(subject, subject), sil, acked,
+                                snoozed(sil, now)))
+    return out
 
 
 def _save(store: Store, state: AlertState, now: dt.datetime) -> None:
@@ -87,8 +116,11 @@ def plan(
     now: dt.datetime,
     repeat_every: dt.timedelta,
     margin: Decimal,
+    silences: Mapping[tuple[str, str], Silence] | None = None,
 ) -> tuple[list[Event], list[AlertState]]:
-    """Pure: the notifications due now and every alert's next state."""
+    """Pure: the notifications due now and every alert's next state. Notifications people
+    acknowledged or snoozed from Slack (`silences`) are held back: a held repeat keeps its
+    last notification time, a held new alert fires once the snooze ends."""
     events: list[Event] = []
     next_states: list[AlertState] = []
     names = {k.hash: k.display_name for k in data.keys}
@@ -102,6 +134,11 @@ def plan(
             after, action = step(before, obs, now, repeat_every)
             if after is None:
                 continue
+            since = before.since if before is not None else None
+            if action and held((silences or {}).get((rule.id, subject)), action, since, now):
+                if action == "fire" or before is None:
+                    continue
+                after, action = replace(after, last_notified_at=before.last_notified_at), None
             if action:
                 events.append(Event(action, obs, after))
             if after != before:
@@ -204,9 +241,12 @@ def _period_parts(
 
 
 def render(renderer: Renderer, event: Event, dest: Destination,
-           repeat_every: dt.timedelta) -> Message:
+           repeat_every: dt.timedelta, *, interactive: bool = False) -> Message:
+    """The message for one destination; `interactive` adds the Acknowledge and Snooze buttons
+    (Slack channels posted with the bot token, when the interactive bot runs)."""
     hours = repeat_every.total_seconds() / 3600
     ctx = {
+        "interactive": interactive and dest.kind is DestinationKind.SLACK,
         "repeat_every": f"{hours:g}h" if hours < 48 else f"{hours / 24:g}d",
         "action": event.action,
         "obs": event.obs,
@@ -267,11 +307,13 @@ def _evaluate_and_deliver(app: App, now: dt.datetime, *, dry_run: bool) -> Alert
     data = gather_inputs(app, now, save=not dry_run)
     states = {(s.rule_id, s.subject): s for s in store.alert_all()} if store else {}
     events, next_states = plan(cfg.rules, data, states, now=now, repeat_every=cfg.repeat_every,
-                               margin=cfg.hysteresis_percent / 100)
+                               margin=cfg.hysteresis_percent / 100,
+                               silences=store.silences() if store else {})
     renderer = Renderer(app.config.templates_dir)
     for event in events:
         outcomes: list[Outcome] = []
-        messages = [(dest, render(renderer, event, dest, cfg.repeat_every))
+        messages = [(dest, render(renderer, event, dest, cfg.repeat_every,
+                                  interactive=bool(app.config.slack.app_token)))
                     for dest in destinations(app, event.obs.rule)
                     if not (event.quiet and not dest.kind.tracks_lifecycle)]
         if dry_run:
@@ -304,6 +346,8 @@ def _evaluate_and_deliver(app: App, now: dt.datetime, *, dry_run: bool) -> Alert
         for st in next_states:
             if (st.rule_id, st.subject) not in notified:
                 _save(store, st, now)
+    if store is not None:
+        result.silenced = silenced(store, now)
     return result
 
 

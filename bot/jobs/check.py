@@ -100,6 +100,11 @@ def checks(app: App) -> list[Check]:
                 return detail
 
             out.append(Check(f"Slack {dest.target}", can_post))
+    if cfg.slack.app_token:
+        from bot.interactive.slack_api import SlackApi
+
+        api = SlackApi(cfg.slack.token or "", cfg.slack.base_url, app_token=cfg.slack.app_token)
+        out.append(Check("Slack app token", api.check_app_token))
     if DestinationKind.WEBHOOK in kinds:
         out.append(Check("Slack webhook", lambda: "configured; not tested, as that would post "
                          "(a lost answer cannot be checked: delivery is at-least-once)",

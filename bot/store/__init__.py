@@ -33,6 +33,7 @@ from bot.models import (
     ApiKey,
     Credits,
     DeliveryState,
+    Silence,
     Snapshot,
     Workspace,
     key_labels,
@@ -1131,6 +1132,71 @@ class Store:
         written, or none (a crash, a lost connection)."""
         return _write(self.conn)
 
+    # --- acknowledgements, snoozes and actions from Slack ----------------------------------
+
+    def silences(self) -> dict[tuple[str, str], Silence]:
+        """Every alert's acknowledgement and snooze, by (rule_id, subject)."""
+        rows = self._rows("SELECT * FROM alert_silences ORDER BY rule_id, subject")
+        return {(r["rule_id"], r["subject"]): _silence_from_row(r) for r in rows}
+
+    def silence_ack(
+        self, rule_id: str, subject: str, since: dt.datetime, user: str, now: dt.datetime
+    ) -> None:
+        """Acknowledge the alert's episode that started at `since` (no repeats until it ends)."""
+        self._silence_set(rule_id, subject, "acked_since = ?, acked_by = ?, acked_at = ?",
+                          (_ts(since), user, _ts(now)))
+
+    def silence_snooze(
+        self, rule_id: str, subject: str, until: dt.datetime | None, user: str, now: dt.datetime
+    ) -> None:
+        """Snooze the alert until `until` (None: unsnooze)."""
+        self._silence_set(rule_id, subject, "snoozed_until = ?, snoozed_by = ?, snoozed_at = ?",
+                          (None if until is None else _ts(until), user, _ts(now)))
+
+    def _silence_set(self, rule_id: str, subject: str, sets: str, values: tuple[Any, ...]
+                     ) -> None:
+        with _write(self.conn):
+            self.conn.execute(
+                "INSERT INTO alert_silences (rule_id, subject) VALUES (?, ?) "
+                "ON CONFLICT (rule_id, subject) DO NOTHING",
+                (rule_id, subject),
+            )
+            self.conn.execute(
+                f"UPDATE alert_silences SET {sets} WHERE rule_id = ? AND subject = ?",
+                (*values, rule_id, subject),
+            )
+
+    def action_log(
+        self, at: dt.datetime, user: str, action: str, rule_id: str, subject: str,
+        channel: str, outcome: str,
+    ) -> None:
+        """Record one button press from Slack: who, what, when, where, and what came of it."""
+        with _write(self.conn):
+            self.conn.execute(
+                "INSERT INTO slack_actions (at, user_id, action, rule_id, subject, channel, "
+                "outcome) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (_ts(at), user, action, rule_id, subject, channel, one_line(outcome, ERROR_MAX)),
+            )
+
+    def actions(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The latest button presses, newest first."""
+        columns = ("user_id", "action", "rule_id", "subject", "channel", "outcome")
+        rows = self._rows("SELECT * FROM slack_actions ORDER BY at DESC LIMIT ?", (limit,))
+        return [{"at": _dt(r["at"]), **{c: r[c] for c in columns}} for r in rows]
+
+    def home_user_add(self, user: str, now: dt.datetime) -> None:
+        """Remember a user who opened the App Home, so it is refreshed after each sync."""
+        with _write(self.conn):
+            self.conn.execute(
+                "INSERT INTO slack_home_users (user_id, opened_at) VALUES (?, ?) "
+                "ON CONFLICT (user_id) DO UPDATE SET opened_at = excluded.opened_at",
+                (user, _ts(now)),
+            )
+
+    def home_users(self) -> list[str]:
+        return [r[0] for r in self.conn.execute(
+            "SELECT user_id FROM slack_home_users ORDER BY user_id").fetchall()]
+
     # --- leases --------------------------------------------------------------------------
 
     def lease_acquire(
@@ -1301,4 +1367,17 @@ def _alert_from_row(r: Any) -> AlertState:
         last_notified_at=_dt(r["last_notified_at"]),
         threads=dict(json.loads(r["threads"])),
         updated_at=_dt(r["updated_at"]),
+    )
+
+
+def _silence_from_row(r: Any) -> Silence:
+    return Silence(
+        rule_id=r["rule_id"],
+        subject=r["subject"],
+        acked_since=_dt_or_none(r["acked_since"]),
+        acked_by=r["acked_by"],
+        acked_at=_dt_or_none(r["acked_at"]),
+        snoozed_until=_dt_or_none(r["snoozed_until"]),
+        snoozed_by=r["snoozed_by"],
+        snoozed_at=_dt_or_none(r["snoozed_at"]),
     )

@@ -279,5 +279,42 @@ MIGRATIONS: list[tuple[str | PerDialect, ...]] = [
         "CREATE TABLE key_month_stale (month TEXT PRIMARY KEY)",
         "INSERT INTO key_month_stale (month) SELECT DISTINCT substr(date, 1, 7) FROM key_usage",
     ),
+    # 8: the interactive Slack bot — acknowledgements and snoozes per alert, who did what,
+    # and who opened the App Home (to refresh it after each sync)
+    (
+        """
+        CREATE TABLE alert_silences (
+                rule_id TEXT NOT NULL,
+                subject TEXT NOT NULL,
+                acked_since TEXT,
+                acked_by TEXT NOT NULL DEFAULT '',
+                acked_at TEXT,
+                snoozed_until TEXT,
+                snoozed_by TEXT NOT NULL DEFAULT '',
+                snoozed_at TEXT,
+                PRIMARY KEY (rule_id, subject)
+            )
+        """,
+        """
+        CREATE TABLE slack_actions (
+                at TEXT NOT NULL,
+                user_id TEXT NOT NULL,
+                action TEXT NOT NULL,
+                rule_id TEXT NOT NULL,
+                subject TEXT NOT NULL,
+                channel TEXT NOT NULL,
+                outcome TEXT NOT NULL
+            )
+        """,
+        """
+        CREATE INDEX slack_actions_at ON slack_actions (at)
+        """,
+        """
+        CREATE TABLE slack_home_users (
+                user_id TEXT PRIMARY KEY,
+                opened_at TEXT NOT NULL
+            )
+        """,
+    ),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
