@@ -46,6 +46,7 @@ postgres-server:
 
 bench: $(STAMP_TEST)
 	$(PY) bench/bench_report.py
+	$(PY) bench/bench_history.py --keys 560
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -57,7 +57,10 @@ ANALYTICS_LIMIT = 10_000  # the documented maximum; the server may raise it for 
 # decoded and stored) stays well under the 100 MB a run may take; a year of a 560-key org is
 # then about 75 queries
 ANALYTICS_TARGET_ROWS = 24_000
-ANALYTICS_FIRST_DAYS = 2  # the first window, which measures how many rows a day has
+ANALYTICS_FIRST_DAYS = 1  # the first window, which measures how many rows a day has
+# before the first answer, a day is guessed to hold this many rows per key (models per key):
+# a large org's first day is then asked in key sets, not in one answer too big to hold
+ANALYTICS_GUESS_PER_KEY = 10
 ANALYTICS_MAX_WINDOW = 366
 # total_usage (= credits_usage + byok_usage) is not asked for: its two parts say it all, and
 # each figure less makes a year of answers lighter; if an answer carries it, it is used where
@@ -935,6 +938,8 @@ class OpenRouterClient:
         target = ANALYTICS_TARGET_ROWS
         span = min(ANALYTICS_FIRST_DAYS, max_days)
         parts = 1  # key sets a day is asked in, when one day holds more than the target
+        if "api_key_id" in dimensions and only is None and all_hashes:
+            parts = max(1, -(-len(all_hashes) * ANALYTICS_GUESS_PER_KEY // target))
         last = end
         while last >= start:
             first = max(start, last - DAY * (span - 1))
@@ -956,8 +961,8 @@ class OpenRouterClient:
             days = (last - first).days + 1
             density = max(len(rows) / days, 1.0)
             span = int(max(1, min(max_days, round(target / density))))
-            if "api_key_id" in dimensions and density > target * 1.25:
-                parts = -(-int(density) // target)
+            if "api_key_id" in dimensions:
+                parts = -(-int(density) // target) if density > target * 1.25 else 1
             last = first - DAY
 
     def _exact(

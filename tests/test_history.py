@@ -473,3 +473,20 @@ def test_monthly_sums_answer_long_ranges_and_a_stale_month_reads_its_days(
     assert stale[placeholder_hash("late")] == Decimal("2.5")
     assert store.refresh_key_months() == 1
     assert key_costs(store, first, YESTERDAY) == stale
+
+
+def test_a_large_org_asks_for_a_day_in_key_sets_from_the_first_query(
+    fake: FakeOpenRouter, clock: FakeClock, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # as if one day of this org held more rows than one answer should: 7 keys x 10 > 40
+    monkeypatch.setattr("bot.openrouter.ANALYTICS_TARGET_ROWS", 40)
+    with client_for(fake, clock) as client:
+        run_sync(client, store, now=NOW, backfill=dt.timedelta(days=10))
+    main = [q for q in fake.analytics_queries if q["dimensions"] == ["api_key_id", "model"]
+            and not (q.get("filters") and q["filters"][0]["operator"] == "in"
+                     and len(q["filters"][0]["value"]) == 1)]
+    first = main[0]
+    assert first["filters"] and first["filters"][0]["operator"] == "in"  # never all at once
+    assert _days(first) == 1
+    got = key_costs(store, TODAY - DAY * 10, YESTERDAY)
+    assert close(sum(got.values(), Decimal(0)), cost(truth(fake, TODAY - DAY * 10, YESTERDAY)))
