@@ -12,6 +12,7 @@ MIN_SECRET = 6  # shorter values are too likely to occur by chance to be replace
 # secrets recognised by their shape, even when this run does not know their value
 _SHAPES = (
     (re.compile(r"xox[a-z]-[A-Za-z0-9-]+"), "xox*-***"),  # Slack tokens
+    (re.compile(r"xapp-[A-Za-z0-9-]+"), "xapp-***"),  # Slack app-level tokens
     (re.compile(r"hooks\.slack\.com/\S+"), "hooks.slack.com/***"),  # Slack webhook paths
     (re.compile(r"sk-or-[A-Za-z0-9-]{8,}"), "sk-or-***"),  # OpenRouter keys
 )

@@ -35,6 +35,7 @@ NOW = dt.datetime(2026, 3, 11, 9, 0, tzinfo=dt.UTC)
 LAST_DAY = dt.date(2026, 3, 10)
 OUT = Path(__file__).resolve().parent.parent / "out" / "interactive"
 STAGING = (1, 2)  # the sample keys named "staging": in Production, in Contractors
+EVIL = "<!channel> <https://evil.example|click> *bold*"
 
 
 def keep(name: str, body: dict[str, Any] | list[Any]) -> None:
@@ -90,6 +91,7 @@ class Bot:
 def start_bot(fake_openrouter: FakeOpenRouter, slack_app: FakeSlackApp, tmp_path: Path,
               extra_slack: str = "") -> Bot:
     org = workspace_org(last_day=LAST_DAY, days=14)
+    org["keys"][3]["name"] = EVIL
     fake_openrouter.workspaces = org["workspaces"]
     fake_openrouter.credits = org["credits"]
     fake_openrouter.activity_rows = org["activity"]
@@ -267,7 +269,12 @@ def test_model_top_week_month_credits_alerts_answers(bot: Bot) -> None:
         top = bot.ask(f"top {kind}")
         keep(f"top-{kind}", top.body)
         assert "7 days to Tue 2026-03-10" in top.text()
-    assert "Top API keys" in bot.ask("top k").text()
+    top_keys = bot.ask("top k")
+    assert "Top API keys" in top_keys.text()
+    assert "&lt;!channel&gt; &lt;https://evil.example|click&gt;" in top_keys.text()
+    assert "<!channel>" not in top_keys.text() and "<https://evil" not in top_keys.text()
+    evil = bot.ask("key <!chan")
+    assert "&lt;!channel&gt;" in evil.text() and "<!channel>" not in evil.text()
     spaces = bot.ask("top workspaces")
     keep("top-workspaces", spaces.body)
     ranking = section_texts(spaces.blocks)[0]
@@ -524,3 +531,36 @@ def test_alerts_dry_run_shows_acknowledged_and_snoozed_alerts(
     main(["--config", str(bot.config), "alerts", "--dry-run"], now=lambda: later)
     out, _ = capsys.readouterr()
     assert "SNOOZED  credits account: until 2026-03-18 09:00 UTC (by U0BOB)" in out
+
+
+def test_run_starts_the_bot_answers_and_stops_cleanly(
+        fake_openrouter: FakeOpenRouter, slack_app: FakeSlackApp, tmp_path: Path) -> None:
+    """The real daemon in a subprocess: it connects, answers over the socket, and SIGTERM
+    closes the connection and exits 0."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    config = write_config(tmp_path, slack_app)
+    env = dict(os.environ, OPENROUTER_MANAGEMENT_KEY=MANAGEMENT_KEY,
+               OPENROUTER_BASE_URL=fake_openrouter.base_url, SLACK_BOT_TOKEN=slack_app.token,
+               SLACK_APP_TOKEN=APP_TOKEN, OPENROUTER_USAGE_CONFIG=str(config))
+    exe = str(Path(sys.executable).parent / "openrouter-usage")
+    proc = subprocess.Popen([exe, "run"], env=env, cwd=tmp_path, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        wait_for("the daemon's connection", lambda: slack_app.socket.open_count() == 1, 60)
+        _, url = slack_app.slash("help")
+        assert "yesterday" in slack_app.response(url).text()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert "Slack Socket Mode: connected" in err and "Slack Socket Mode: disconnected" in err
+    assert "daemon stopped" in err
+    assert APP_TOKEN not in err and slack_app.token not in err
+    wait_for("the connection closed", lambda: slack_app.socket.open_count() == 0)

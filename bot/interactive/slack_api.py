@@ -24,6 +24,7 @@ from slack_sdk.http_retry.builtin_handlers import (
 
 from bot.errors import DeliveryError
 from bot.models import SlackMessage
+from bot.text import one_line, redact
 
 log = logging.getLogger(__name__)
 # slack-sdk logs request details at DEBUG and retried errors at ERROR; this module says what
@@ -32,7 +33,6 @@ _SDK_LOG = logging.getLogger(__name__ + ".sdk")
 _SDK_LOG.setLevel(logging.CRITICAL)
 
 T = TypeVar("T")
-_TOKENS = re.compile(r"xox[a-z]-[A-Za-z0-9-]+|xapp-[A-Za-z0-9-]+")
 _CHANNEL_ID = re.compile(r"[CGD][A-Z0-9]{6,}")
 _NETWORK = (SlackClientError, OSError, HTTPException)
 
@@ -48,8 +48,7 @@ def _reason(exc: BaseException) -> str:
         if code == "missing_scope" and isinstance(data.get("needed"), str):
             parts.append(f"(needs {data['needed']})")
         return " ".join(parts) or "unexpected answer"
-    text = str(exc) or type(exc).__name__
-    return " ".join(_TOKENS.sub("***", text).split())[:200]
+    return one_line(redact(str(exc) or type(exc).__name__), 200)
 
 
 class SlackApi:
