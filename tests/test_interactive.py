@@ -269,6 +269,7 @@ def test_model_top_week_month_credits_alerts_answers(bot: Bot) -> None:
         top = bot.ask(f"top {kind}")
         keep(f"top-{kind}", top.body)
         assert "7 days to Tue 2026-03-10" in top.text()
+        assert re.search(r"\* \([+-]\d+\.\d% vs the 7 days before, \$[\d.]+\)", top.text())
     top_keys = bot.ask("top k")
     assert "Top API keys" in top_keys.text()
     assert "&lt;!channel&gt; &lt;https://evil.example|click&gt;" in top_keys.text()
