@@ -565,3 +565,28 @@ def test_run_starts_the_bot_answers_and_stops_cleanly(
     assert "daemon stopped" in err
     assert APP_TOKEN not in err and slack_app.token not in err
     wait_for("the connection closed", lambda: slack_app.socket.open_count() == 0)
+
+
+def test_buttons_in_an_alerts_answer_redraw_it(bot: Bot) -> None:
+    bot.alerts()
+    answer = bot.ask("alerts", user="U0BOB")
+    shown = {"ts": "", "channel_id": "C0000OPS", "text": answer.body["text"],
+             "blocks": answer.blocks}
+    _, url = bot.slack.press("alert_ack", shown, user="U0BOB", ephemeral=True)
+    redrawn = bot.slack.response(url)
+    assert redrawn.body["replace_original"] is True
+    assert redrawn.body["response_type"] == "ephemeral"
+    assert "Acknowledged by <@U0BOB>" in redrawn.text() and "alert_ack" not in redrawn.text()
+    assert bot.slack.updates == []  # an ephemeral answer is not a message to edit
+    # Carol (not in #alerts, where the rule posts) is refused there too
+    _, url = bot.slack.press("alert_snooze_1d", shown, user="U0CAROL", ephemeral=True)
+    assert "not allowed" in bot.slack.response(url).text()
+
+
+def test_slack_asking_to_reconnect_is_followed(bot: Bot) -> None:
+    socket = bot.slack.socket
+    first = socket.current
+    first.ws.send(json.dumps({"type": "disconnect", "reason": "refresh_requested"}))
+    second = wait_for("a new connection", lambda: socket.current is not first and socket.current)
+    assert second.opened_at > first.opened_at
+    assert "credits" in bot.ask("help").text()
