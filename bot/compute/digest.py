@@ -15,6 +15,7 @@ from decimal import Decimal
 from bot.compute import aggregate
 from bot.compute.aggregate import DAY, Figures, Group
 from bot.compute.cost_review import CostReview, review
+from bot.compute.explain import Explanation, attributed, explain
 from bot.models import ZERO, ActivityRow, ApiKey, Credits
 
 
@@ -75,6 +76,13 @@ class DailyDigest:
     new_models: list[str]
     chart: list[Group]
     top: int
+    # the change against the day before by key x model (volume, mix, price): when per-key
+    # history covers both days
+    why: Explanation | None = None
+
+    @property
+    def previous_day(self) -> dt.date:
+        return self.day - DAY
 
     @property
     def change_vs_previous(self) -> Decimal | None:
@@ -208,8 +216,11 @@ def build_daily(
     credits: Credits | None,
     previous_total_credits: Decimal | None = None,
     top: int = 5,
+    detail: list[ActivityRow] | None = None,
 ) -> DailyDigest:
-    """The daily digest for UTC day `day`; `rows` should cover day-13 .. day."""
+    """The daily digest for UTC day `day`; `rows` should cover day-13 .. day. `detail`: the
+    key x model rows of the day and the day before (None when history lacks either day), to
+    explain the change between them when they account for both days' spend."""
     prev_day = day - DAY
     on_day = aggregate.in_range(rows, day, day)
     on_prev = aggregate.in_range(rows, prev_day, prev_day)
@@ -232,7 +243,20 @@ def build_daily(
         new_models=_new_models(rows, day, day, day - DAY * 7),
         chart=aggregate.by_date(rows, day - DAY * 13, day),
         top=top,
+        why=_why(day, rows, detail, key_names),
     )
+
+
+def _why(day: dt.date, rows: list[ActivityRow], detail: list[ActivityRow] | None,
+         names: dict[str, str]) -> Explanation | None:
+    """The change of `day` against the day before, by key x model; None when per-key rows
+    do not account for both days' spend or nothing changed."""
+    prev_day = day - DAY
+    if detail is None or not attributed(detail, rows, (prev_day, day)):
+        return None
+    x = explain([r for r in detail if r.date == day], [r for r in detail if r.date == prev_day],
+                names)
+    return x if x.delta and x.contributors else None
 
 
 def build_weekly(

@@ -1,10 +1,19 @@
-"""Why spend changed: the top contributors (key x model) and whether it was volume or price.
+"""Why spend changed: the top contributors (key x model), and how much of the change came from
+volume, from the mix of models and from price.
 
-A change is explained against a *usual* day: the average of the baseline days, per key and
-model. Each contributor's change splits exactly into a volume part (more or fewer tokens at the
-usual $ per million tokens) and a price part (a different $ per million tokens on today's
-tokens); a contributor that was not there before is all volume. Summed over the contributors,
-the parts say whether the change came from volume, from price, or from both.
+A change is explained against a *usual* spend: the baseline days' figures per key and model,
+scaled to as many days as the explained span. The whole change splits exactly into three parts:
+
+- **volume**: the change in tokens, priced at the usual *blended* $ per million tokens (the
+  usual spend divided by the usual tokens): what the change would have been had the same mix of
+  models simply run more (or less);
+- **price**: for each key x model used both times, its own change of $ per million tokens on
+  today's tokens (a provider raised its price, longer prompts on a per-request model);
+- **mix**: the rest: traffic moving to pricier or cheaper models, models that are new or gone.
+
+So a new expensive model shows as mix (its tokens count as volume only at the old blended
+rate), not as volume. Each contributor also says what it is: a *new model* (not used by anyone
+in the baseline), *new* for its key, *gone*, or more/less volume or price on its own.
 """
 
 from __future__ import annotations
@@ -19,7 +28,8 @@ from bot.models import ZERO, ActivityRow
 
 MILLION = Decimal(1_000_000)
 TOP = 3  # contributors named in a message
-Driver = Literal["volume", "price", "both", "none"]
+Driver = Literal["volume", "mix", "price", "several", "none"]
+Role = Literal["new_model", "new", "gone", "volume", "price", "both", "unknown"]
 
 
 @dataclass
@@ -41,7 +51,7 @@ def per_million(cost: Decimal, tokens: Decimal) -> Decimal | None:
 
 @dataclass(frozen=True)
 class Contributor:
-    """One key x model: its cost, requests and tokens now against its usual day."""
+    """One key x model: its cost, requests and tokens now against its usual."""
 
     key_hash: str  # "" when only models are known
     key: str  # the key's display name ("" when only models are known)
@@ -52,6 +62,7 @@ class Contributor:
     usual_requests: Decimal
     tokens: Decimal
     usual_tokens: Decimal
+    new_model: bool = False  # its model was used by nobody in the baseline
 
     @property
     def delta(self) -> Decimal:
@@ -66,17 +77,44 @@ class Contributor:
         return per_million(self.usual, self.usual_tokens)
 
     @property
+    def new(self) -> bool:
+        """Not there in the baseline (no spend and no tokens)."""
+        return self.usual == 0 and self.usual_tokens == 0 and self.usual_requests == 0
+
+    @property
     def volume_effect(self) -> Decimal:
-        """The change from more (or fewer) tokens at the usual price."""
+        """Its change from more (or fewer) tokens at its own usual price (all of it when new
+        or without token counts)."""
         usual_price = self.usual_price
-        if usual_price is None:  # new here (or no token counts): all of it is volume
+        if usual_price is None:
             return self.delta
         return (self.tokens - self.usual_tokens) * usual_price / MILLION
 
     @property
     def price_effect(self) -> Decimal:
-        """The change from a different price on today's tokens."""
+        """Its change from a different $ per million tokens on today's tokens."""
         return self.delta - self.volume_effect
+
+    @property
+    def role(self) -> Role:
+        """What this contributor is: a new model, new for its key, gone, or moved by volume,
+        by price or both (unknown without token counts)."""
+        if self.new:
+            return "new_model" if self.new_model else "new"
+        if self.cost == 0 and self.tokens == 0:
+            return "gone"
+        if self.usual_price is None or self.price is None:
+            return "unknown"
+        return _driver(self.volume_effect, self.price_effect)
+
+
+def _driver(volume: Decimal, price: Decimal) -> Literal["volume", "price", "both"]:
+    a, b = abs(volume), abs(price)
+    if a >= 2 * b:
+        return "volume"
+    if b >= 2 * a:
+        return "price"
+    return "both"
 
 
 @dataclass(frozen=True)
@@ -89,11 +127,12 @@ class Explanation:
     usual_requests: Decimal
     tokens: Decimal
     usual_tokens: Decimal
-    volume_effect: Decimal
-    price_effect: Decimal
-    contributors: list[Contributor]  # the largest increases first
-    more: int  # contributors that rose but are not listed
+    volume_effect: Decimal  # the change in tokens at the usual blended $ per million
+    price_effect: Decimal  # each key x model's own change of $ per million, on today's tokens
+    contributors: list[Contributor]  # the largest moves in the direction of the change first
+    more: int  # contributors that moved that way but are not listed
     counts: bool = True  # whether requests and tokens are known (not from key usage alone)
+    mix_effect: Decimal = ZERO  # the rest: pricier or cheaper models, new or gone ones
 
     @property
     def delta(self) -> Decimal:
@@ -101,24 +140,39 @@ class Explanation:
 
     @property
     def price(self) -> Decimal | None:
+        """The blended $ per million tokens now."""
         return per_million(self.cost, self.tokens)
 
     @property
     def usual_price(self) -> Decimal | None:
+        """The usual blended $ per million tokens."""
         return per_million(self.usual, self.usual_tokens)
 
     @property
+    def rising(self) -> bool:
+        return self.delta >= 0
+
+    @property
+    def new_models(self) -> list[str]:
+        """Models among the listed contributors that nobody used in the baseline."""
+        return sorted({c.model for c in self.contributors if c.new_model and c.model})
+
+    @property
     def driver(self) -> Driver:
-        """Volume when it explains at least two thirds of the change, price likewise, else
-        both; none when nothing changed or without token counts."""
+        """The part (volume, mix or price) that makes at least two thirds of the three parts'
+        sizes; several when none does; none when nothing changed or without token counts."""
         if not self.counts or self.delta == 0:
             return "none"
-        volume, price = abs(self.volume_effect), abs(self.price_effect)
-        if volume >= 2 * price:
-            return "volume"
-        if price >= 2 * volume:
-            return "price"
-        return "both"
+        parts: dict[Driver, Decimal] = {"volume": abs(self.volume_effect),
+                                        "mix": abs(self.mix_effect),
+                                        "price": abs(self.price_effect)}
+        total = sum(parts.values(), ZERO)
+        if total == 0:
+            return "none"
+        for name, size in parts.items():
+            if size * 3 >= total * 2:
+                return name
+        return "several"
 
 
 def explain(
@@ -144,27 +198,64 @@ def explain(
     weight = Decimal(days) / baseline_days if baseline_days > 0 else ZERO
     for r in baseline:
         usual.setdefault(who(r), _Sums()).add(r, weight)
+    models_before = {model for (_, model), s in usual.items() if s.cost or s.tokens or s.requests}
     contributors = []
     for (key_hash, model) in now.keys() | usual.keys():
         a, b = now.get((key_hash, model), _Sums()), usual.get((key_hash, model), _Sums())
         name = names.get(key_hash) or key_hash[:12]
-        contributors.append(Contributor(key_hash, name, model, a.cost, b.cost, a.requests,
-                                        b.requests, a.tokens, b.tokens))
-    contributors.sort(key=lambda c: (-c.delta, c.key, c.model))
-    rising = [c for c in contributors if c.delta > 0]
+        contributors.append(Contributor(
+            key_hash, name, model, a.cost, b.cost, a.requests, b.requests, a.tokens, b.tokens,
+            new_model=bool(model) and model not in models_before))
+    cost = sum((c.cost for c in contributors), ZERO)
+    usual_cost = sum((c.usual for c in contributors), ZERO)
+    tokens = sum((c.tokens for c in contributors), ZERO)
+    usual_tokens = sum((c.usual_tokens for c in contributors), ZERO)
+    counts = tokens > 0 or usual_tokens > 0 or (cost == 0 and usual_cost == 0)
+    blended = per_million(usual_cost, usual_tokens)
+    if blended is not None:
+        volume = (tokens - usual_tokens) * blended / MILLION
+    elif usual_cost == 0:  # nothing before: all of it is new volume
+        volume = cost
+    else:  # spend before without token counts: no rate to price the tokens at
+        volume, counts = ZERO, False
+    price = sum((c.price_effect for c in contributors
+                 if c.usual_price is not None and c.price is not None), ZERO)
+    rising = cost >= usual_cost
+    sign = 1 if rising else -1
+    moved = sorted((c for c in contributors if c.delta * sign > 0),
+                   key=lambda c: (-c.delta * sign, c.key, c.model))
     return Explanation(
-        cost=sum((c.cost for c in contributors), ZERO),
-        usual=sum((c.usual for c in contributors), ZERO),
+        cost=cost,
+        usual=usual_cost,
         requests=sum((c.requests for c in contributors), ZERO),
         usual_requests=sum((c.usual_requests for c in contributors), ZERO),
-        tokens=sum((c.tokens for c in contributors), ZERO),
-        usual_tokens=sum((c.usual_tokens for c in contributors), ZERO),
-        volume_effect=sum((c.volume_effect for c in contributors), ZERO),
-        price_effect=sum((c.price_effect for c in contributors), ZERO),
-        contributors=rising[:top],
-        more=max(len(rising) - top, 0),
+        tokens=tokens,
+        usual_tokens=usual_tokens,
+        volume_effect=volume,
+        price_effect=price,
+        mix_effect=cost - usual_cost - volume - price,
+        contributors=moved[:top],
+        more=max(len(moved) - top, 0),
+        counts=counts,
     )
 
 
-def in_days(rows: Iterable[ActivityRow], days: set[dt.date]) -> list[ActivityRow]:
-    return [r for r in rows if r.date in days]
+def attributed(detail: Iterable[ActivityRow], total: Iterable[ActivityRow],
+               days: Iterable[dt.date]) -> bool:
+    """Whether the per-key rows `detail` account for the org-wide spend in `total` on each
+    of `days` (within a cent or 1%): only then do they explain a change honestly."""
+    wanted = set(days)
+    have: dict[dt.date, Decimal] = {}
+    want: dict[dt.date, Decimal] = {}
+    for r in detail:
+        if r.date in wanted:
+            have[r.date] = have.get(r.date, ZERO) + r.cost
+    for r in total:
+        if r.date in wanted:
+            want[r.date] = want.get(r.date, ZERO) + r.cost
+    for day in wanted:
+        a, b = have.get(day, ZERO), want.get(day, ZERO)
+        if abs(a - b) > max(Decimal("0.01"), abs(b) / 100):
+            return False
+    return True
+

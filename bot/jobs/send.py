@@ -127,11 +127,14 @@ def build(app: App, job: str, day: dt.date, *, sync: bool = True) -> Built:
     if job == "daily":
         rows, key_rows = _history(store, day - DAY * 13, day)
         _warn_missing(store, day - DAY * 13, day)
+        # the change against the day before is explained when history holds both days
+        both = not store.missing_days(day - DAY, day, "")
         data: DailyDigest | WeeklyReport = build_daily(
             # today so far: the keys as fetched now (history also holds deleted keys)
             day, as_of=now, rows=rows, key_rows=key_rows, key_names=names,
             keys=keys if keys is not None else store.keys(),
             credits=credits, previous_total_credits=prev_total, top=app.config.daily.top,
+            detail=store.key_model_rows(day - DAY, day) if both else None,
         )
     else:
         start = min(day - DAY * 13, day.replace(day=1))
