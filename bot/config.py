@@ -37,14 +37,15 @@ ALERT_KINDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "spike": (("factor",), ("min_usd", "baseline", "per", "key", "model")),
     "key_limit": (("below_percent", "forecast"), ("key",)),
     "model_spend": (("above_usd",), ("model",)),
-    "budget": (("amount_usd",), ("period", "notify_at", "forecast", "per", "key", "model")),
+    "budget": (("amount_usd",), ("period", "notify_at", "forecast", "per", "key", "model",
+                                 "workspace")),
     "burn_rate": (("above_usd_per_hour", "factor"), ("window", "min_usd", "per", "key")),
 }
 BudgetPeriod = Literal["day", "week", "month"]
-Scope = Literal["account", "key", "model"]
+Scope = Literal["account", "key", "model", "workspace"]
 Baseline = Literal["weekday", "7d"]
 SCOPES: dict[str, tuple[Scope, ...]] = {
-    "budget": ("account", "key", "model"),
+    "budget": ("account", "key", "model", "workspace"),
     "spike": ("account", "key", "model"),
     "burn_rate": ("account", "key"),
 }
@@ -148,9 +149,11 @@ class AlertRule:
     notify_at: tuple[Decimal, ...] = DEFAULT_NOTIFY_AT
     forecast: bool = False  # budget, key_limit: alert on the projected end of the period
     # what a budget, spike or burn_rate rule watches: the account, each key or each model
-    # (`key` and `model` narrow it to one; a key by its name or hash)
+    # (`key`, `model` and `workspace` narrow it to one; a key by its name or hash, a workspace
+    # by its name, slug or id)
     per: Scope = "account"
     key: str | None = None
+    workspace: str | None = None
     baseline: Baseline = "weekday"  # spike: the same weekday's median, or the 7-day average
     above_usd_per_hour: Decimal | None = None  # burn_rate
     window: dt.timedelta = dt.timedelta(minutes=15)  # burn_rate
@@ -853,6 +856,7 @@ def _window(value: Any, path: str) -> dt.timedelta:
 _RULE_OPTIONS: dict[str, Callable[[Any, str], Any]] = {
     "model": _str,
     "key": _str,
+    "workspace": _str,
     "period": _choice("day", "week", "month"),
     "notify_at": _percents,
     "forecast": _bool,
@@ -872,7 +876,7 @@ def _rule(data: Any, index: int, path: str) -> AlertRule:
     if all(values[k] in (None, False) for k in required):
         raise ConfigError(f"{path}: a {kind} rule needs {' or '.join(required)}")
     if "per" in extras:
-        narrowed = [k for k in ("key", "model") if values.get(k) is not None]
+        narrowed = [k for k in ("key", "model", "workspace") if values.get(k) is not None]
         default = narrowed[0] if narrowed else "account"
         values["per"] = sec.get("per", _choice(*SCOPES[kind]), default)
         for k in narrowed:

@@ -7,6 +7,10 @@ from __future__ import annotations
 import datetime as dt
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
 
 from bot.compute import forecast
 from bot.jobs.alerts import run_alerts
@@ -108,3 +112,92 @@ def test_monthly_budget_notices_once_each_forecast_on_the_day_the_pace_crosses(
     assert all(outcomes == [] for e, outcomes in result.events if e.quiet)
     assert not [e for e, _ in result.events if e.obs.aspect == "notify" and e.action == "fire"]
     assert not [t for t in slack_texts(fake_slack, posts) if "November" in t]
+
+
+PROD = "6a1f0c2e-0000-4000-8000-00000000a001"
+CONTRACTORS = "6a1f0c2e-0000-4000-8000-00000000a002"
+
+
+def test_workspace_budgets_count_each_workspaces_keys(fake_openrouter, fake_slack,
+                                                     tmp_path: Path) -> None:
+    """Keys in three workspaces, two of them named "staging": a weekly budget per workspace
+    sums each workspace's keys (a disabled key's spend too), a budget narrowed by
+    `workspace: <slug>` watches that one, and the forecast of a workspace runs on its own
+    keys' history."""
+    world = make_world(tmp_path, fake_openrouter, """
+  to: ["slack:#alerts"]
+  rules:
+    - {kind: budget, name: ws-week, amount_usd: 500, period: week, per: workspace}
+    - {kind: budget, name: contractors, amount_usd: 100, period: week, workspace: contr,
+       notify_at: [100], forecast: true}
+""", slack=fake_slack)
+    fake_openrouter.workspaces = [
+        {"id": "0df9e665-d932-5740-b2c7-b52af166bc11", "name": "Default", "slug": "default"},
+        {"id": PROD, "name": "Production", "slug": "prod"},
+        {"id": CONTRACTORS, "name": "Contractors", "slug": "contr"},
+    ]
+    t = world.timeline
+    t.key("staging", workspace_id=PROD)
+    t.key("api", workspace_id=PROD)
+    # the same name in another workspace (the timeline tells them apart by a trailing space)
+    t.keys["staging "] = {"name": "staging", "workspace_id": CONTRACTORS}
+    t.key("old", workspace_id=CONTRACTORS, disabled=True)
+    t.key("misc")  # the default workspace
+    wednesday = dt.date(2026, 11, 18)
+    for day in each_day(dt.date(2026, 10, 19), wednesday):
+        t.spend(day, "staging", "openai/gpt-4o-mini", 40)
+        t.spend(day, "api", "anthropic/claude-sonnet-4", 60)
+        t.spend(day, "staging ", "anthropic/claude-sonnet-4", 10)
+        t.spend(day, "misc", "openai/gpt-4o-mini", 1)
+    for day in each_day(dt.date(2026, 11, 16), wednesday):  # this week: contractors busier
+        t.spend(day, "staging ", "anthropic/claude-sonnet-4", 20)
+    t.spend(dt.date(2026, 11, 16), "old", "openai/gpt-4o-mini", 15)  # then disabled
+    now = dt.datetime.combine(wednesday, NOON, dt.UTC)
+    result = run_alerts(world.app(now))
+
+    obs = {e.obs.subject: e.obs for e, _ in result.events}
+    # Monday, Tuesday and half of Wednesday: Production $100 a day, Contractors $30 + $15
+    week = D("2.5")
+    assert obs[f"{PROD} 2026-W47 50%"].facts["spent"] == 100 * week  # 250: 50% of 500
+    spent = {s.split()[0]: o.facts["spent"] for s, o in obs.items()
+             if o.rule.name == "ws-week"}
+    assert spent == {PROD: D(250)}  # only Production reached a notice (50%)
+    contractors = [o for o in obs.values() if o.rule.name == "contractors"]
+    assert {o.aspect for o in contractors} == {"forecast"}
+    [fc] = contractors
+    assert fc.subject.startswith(CONTRACTORS) and fc.name == "Contractors"
+    assert fc.facts["spent"] == 30 * week + 15  # 90: under the $100 budget so far
+    # the pace of the last 7 completed days (weekdays weighted) carries it over on Thursday
+    assert fc.facts["crossing"] == wednesday + DAY
+    texts = slack_texts(fake_slack)
+    assert any("Workspace Production has spent 50.0% of its $500.00 weekly budget: $250.00 in "
+               "the week of Mon 2026-11-16 (UTC)" in x for x in texts)
+    assert any("At the current pace, workspace Contractors will spend $" in x
+               and "pass the $100.00 budget on Thu 2026-11-19" in x
+               and "report --from 2026-11-16 --by-workspace" in x for x in texts)
+    # the two keys named "staging" stay apart in the inputs' names
+    from bot.jobs.alerts import gather_inputs
+    from tests.alert_world import key_hash
+
+    data = gather_inputs(world.app(now), now, save=False)
+    assert data.key_name(key_hash("staging")) == "staging (Production)"
+    assert data.key_name(key_hash("staging ")) == "staging (Contractors)"
+
+
+def test_workspace_scope_in_config() -> None:
+    from bot.config import parse_config
+    from bot.errors import ConfigError
+
+    def rules(rule: str) -> Any:
+        return parse_config({"alerts": {"to": ["stdout"], "rules": [yaml.safe_load(rule)]}},
+                            {})
+
+    r = rules("{kind: budget, amount_usd: 10, workspace: Contractors}").alerts.rules[0]
+    assert (r.per, r.workspace) == ("workspace", "Contractors")
+    assert rules("{kind: budget, amount_usd: 10, per: workspace}").alerts.rules[0].per == \
+        "workspace"
+    with pytest.raises(ConfigError, match=r"alerts.rules\[0\].workspace: only with per: "
+                                          "workspace"):
+        rules("{kind: budget, amount_usd: 10, per: key, workspace: x}")
+    with pytest.raises(ConfigError, match=r"alerts.rules\[0\].per"):
+        rules("{kind: spike, factor: 3, per: workspace}")

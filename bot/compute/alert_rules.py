@@ -26,9 +26,10 @@ from bot.compute.digest import today_so_far
 from bot.compute.explain import Contributor, Explanation, explain
 from bot.compute.forecast import PeriodKind, Span, daily_costs, span_of
 from bot.config import AlertRule
-from bot.models import ZERO, ActivityRow, AlertState, ApiKey, Credits
+from bot.models import ZERO, ActivityRow, AlertState, ApiKey, Credits, Workspace
 
 HUNDRED = Decimal(100)
+NO_WORKSPACE = "(no workspace)"
 
 Action = Literal["fire", "repeat", "resolve"]
 
@@ -74,6 +75,9 @@ class Inputs:
     key_rows: list[ActivityRow] = field(default_factory=list)
     names: dict[str, str] = field(default_factory=dict)  # key hash -> name, deleted keys too
     burn: BurnState | None = None  # samples of keys' usage from this and earlier checks
+    workspaces: dict[str, Workspace] = field(default_factory=dict)  # id -> workspace
+    # key hash -> workspace id, deleted keys too ("" when unknown); else from `keys`
+    key_workspaces: dict[str, str] = field(default_factory=dict)
 
     @property
     def today(self) -> dt.date:
@@ -81,6 +85,16 @@ class Inputs:
 
     def key_name(self, key_hash: str) -> str:
         return self.names.get(key_hash) or key_hash[:12]
+
+    def workspace_of(self, key_hash: str) -> str:
+        """The id of the workspace a key lives in ("" when unknown)."""
+        if key_hash in self.key_workspaces:
+            return self.key_workspaces[key_hash]
+        return next((k.workspace_id for k in self.keys if k.hash == key_hash), "")
+
+    def workspace_name(self, workspace_id: str) -> str:
+        space = self.workspaces.get(workspace_id)
+        return space.display_name if space else (workspace_id[:12] or NO_WORKSPACE)
 
 
 def below(value: Decimal, limit: Decimal, margin: Decimal) -> tuple[bool, bool]:
@@ -151,6 +165,14 @@ def _matches_key(rule: AlertRule, key_hash: str, name: str) -> bool:
     return rule.key is None or rule.key in (key_hash, name)
 
 
+def _matches_workspace(rule: AlertRule, workspace_id: str, data: Inputs) -> bool:
+    if rule.workspace is None:
+        return True
+    space = data.workspaces.get(workspace_id)
+    names = {workspace_id, space.name, space.slug} if space else {workspace_id}
+    return rule.workspace in names - {""}
+
+
 def scoped(rule: AlertRule, data: Inputs) -> list[Scoped]:
     """The subjects of a rule with `per`: the account, each key or each model (or just the
     one key or model the rule names)."""
@@ -162,6 +184,12 @@ def scoped(rule: AlertRule, data: Inputs) -> list[Scoped]:
             by_key.setdefault(r.key_hash, []).append(r)
         return [Scoped(h, data.key_name(h), rows, rows) for h, rows in sorted(by_key.items())
                 if _matches_key(rule, h, data.key_name(h))]
+    if rule.per == "workspace":
+        by_space: dict[str, list[ActivityRow]] = {}
+        for r in data.key_rows:
+            by_space.setdefault(data.workspace_of(r.key_hash), []).append(r)
+        return [Scoped(w, data.workspace_name(w), rows, rows)
+                for w, rows in sorted(by_space.items()) if _matches_workspace(rule, w, data)]
     by_model: dict[str, list[ActivityRow]] = {}
     for r in data.rows:
         if rule.model is None or r.model == rule.model:
@@ -309,6 +337,19 @@ def _budget_spent(rule: AlertRule, data: Inputs, span: Span) -> list[_Spent]:
             spent = getattr(k, f"usage_{suffix}") + getattr(k, f"byok_usage_{suffix}")
             scope = scopes.get(k.hash, Scoped(k.hash, k.display_name, [], []))
             out.append(_Spent(scope, spent, today, fraction))
+        return out
+    if rule.per == "workspace":  # its keys' own counters, disabled keys' spend included
+        suffix = _KEY_PERIOD[span.kind]
+        totals: dict[str, Decimal] = {}
+        for k in data.keys:
+            w = k.workspace_id or data.workspace_of(k.hash)
+            spent = getattr(k, f"usage_{suffix}") + getattr(k, f"byok_usage_{suffix}")
+            totals[w] = totals.get(w, ZERO) + spent
+        scopes = {s.subject: s for s in scoped(rule, data)}
+        for w in sorted(totals):
+            if _matches_workspace(rule, w, data):
+                scope = scopes.get(w, Scoped(w, data.workspace_name(w), [], []))
+                out.append(_Spent(scope, totals[w], today, fraction))
         return out
     for scope in scoped(rule, data):
         spent = aggregate.totals(aggregate.in_range(scope.rows, span.start, before)).cost

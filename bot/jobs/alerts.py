@@ -35,6 +35,7 @@ from bot.models import (
     Outcome,
     Silence,
     Status,
+    key_labels,
 )
 
 if TYPE_CHECKING:
@@ -169,15 +170,22 @@ def gather_inputs(app: App, now: dt.datetime, *, save: bool = True) -> Inputs:
     first_fetched = aggregate.api_window(now)[0]
     rows = [r for r in snap.activity if r.date >= start]
     key_rows = [r for rows_ in snap.key_activity.values() for r in rows_ if r.date >= start]
-    names = {k.hash: k.display_name for k in snap.keys}
     burn = _burn_state(app, store, snap.keys, now, save=save)
+    known_keys, spaces = list(snap.keys), {w.id: w for w in snap.workspaces}
     if store is not None:
         rows = store.activity(start, first_fetched - DAY, "") + rows
         if not snap.key_activity:
             key_rows = store.key_model_rows(start, now.date())
-        names = {**store.key_names(), **names}
+        live = {k.hash for k in snap.keys}
+        known_keys += [k for k in store.keys() if k.hash not in live]  # deleted keys too
+        spaces = {**{w.id: w for w in store.workspaces()}, **spaces}
+    # keys sharing a name show their workspace (the hash is the identity)
+    names = key_labels(known_keys, {w.id: w.display_name for w in spaces.values()})
+    if store is not None:
+        names = {**store.key_names(), **names}  # and names of spend with no key listed
     return Inputs(as_of=now, day=day, credits=snap.credits, keys=snap.keys, rows=rows,
-                  key_rows=key_rows, names=names, burn=burn)
+                  key_rows=key_rows, names=names, burn=burn, workspaces=spaces,
+                  key_workspaces={k.hash: k.workspace_id for k in known_keys})
 
 
 BURN_META = "alerts.burn_rate"
