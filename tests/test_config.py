@@ -42,6 +42,7 @@ def test_example_config_is_valid() -> None:
         "burn_rate",
         "budget",
         "budget",
+        "budget",
     ]
     assert cfg.alerts.rules[0].below_usd == 50.0
     assert cfg.alerts.rules[5].id == "expensive-model"
