@@ -80,6 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
                        "time, a year of history from the analytics API)")
     sync.add_argument("--backfill", metavar="DAYS", help="fill history this far back again "
                       "from the analytics API, e.g. 90d (at most 365d)")
+    migrate = add("migrate", "copy the SQLite history into PostgreSQL (run it again at will)")
+    migrate.add_argument("--to", metavar="URL", help="postgresql://user@host/database "
+                         "(default: storage.url)")
+    migrate.add_argument("--from", dest="source", metavar="PATH",
+                         help="the SQLite history file (default: storage.path)")
     add("run", "the daemon: scheduled sync, digests, reports and alerts")
     add("check", "validate config and test each connection")
     demo = add("demo", "report, digest and weekly e-mail from bundled sample data")
@@ -248,6 +253,27 @@ def cmd_sync(args: argparse.Namespace, hooks: Hooks) -> int:
         )
     if not args.quiet:
         print(stats.summary())
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace, hooks: Hooks) -> int:
+    from urllib.parse import unquote
+
+    from bot.jobs.migrate import run_migrate
+    from bot.store.backend import url_password
+
+    app = make_app(args, need_config=False, hooks=hooks)
+    password = url_password(args.to) if args.to else None
+    if password:
+        REDACTOR.secrets = [*REDACTOR.secrets, password, unquote(password)]
+    result = run_migrate(app, to_url=args.to, from_path=args.source,
+                         progress=progress_bar("Copying rows", args.quiet))
+    if not args.quiet:
+        for table in result.tables:
+            print(f"{table.name:<20} {table.source_rows:>10,} rows  {table.copied:>10,} copied "
+                  f"now  {table.target_rows:>10,} in the target")
+        print(f"migrated {result.source} to {result.target}: all {result.rows:,} rows are "
+              f"there ({result.copied:,} copied now)")
     return 0
 
 
@@ -424,6 +450,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Hooks], int]] = {
     "send": cmd_send,
     "alerts": cmd_alerts,
     "run": cmd_run,
+    "migrate": cmd_migrate,
     "check": cmd_check,
 }
 
