@@ -57,6 +57,10 @@ alerts:
     old = config(str(sqlite_path))
     for argv in (["sync"], ["send", "daily"], ["alerts"]):
         assert main(["--config", str(old), "-q", *argv]) == 0
+    store = Store(connect(sqlite_path))  # a log table without a primary key, a row twice
+    for _ in range(2):
+        store.action_log(NOW, "U1", "ack", "credits", "account", "C000ALERT", "acknowledged")
+    store.conn.close()
     return {"sqlite": sqlite_path, "url": pg_url, "old": old, "new": config(pg_url),
             "slack": fake_slack}
 
@@ -83,7 +87,7 @@ def test_migrate_copies_every_row_exactly_and_again_copies_nothing(used, capsys)
     before = dump(str(used["sqlite"]))
     assert dump(used["url"]) == before  # every table, every row, money text and all
     assert sum(len(rows) for rows in before.values()) > 100
-    assert {"deliveries", "alerts", "key_usage", "activity", "meta"} <= {
+    assert {"deliveries", "alerts", "key_usage", "activity", "meta", "slack_actions"} <= {
         t for t, rows in before.items() if rows}
     total = sum(len(rows) for rows in before.values())
     assert f"all {total:,} rows are there ({total:,} copied now)" in out

@@ -13,8 +13,10 @@ tables.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from bot.errors import DataError
 from bot.store.backend import Db, SqliteDb
@@ -56,6 +58,32 @@ def _order(source: SqliteDb, tables: list[str]) -> list[str]:
     return ordered
 
 
+def _has_primary_key(source: SqliteDb, table: str) -> bool:
+    return any(int(r[5]) > 0 for r in source.execute(f"PRAGMA table_info({_quote(table)})"))
+
+
+def _batches(source: SqliteDb, target: Db, table: str,
+             cols: str) -> Iterator[tuple[int, Sequence[Any]]]:
+    """The source's rows in batches: (rows read, rows to insert). A table without a primary
+    key (a log) cannot tell which rows are there already, so as many copies of each row as
+    the target holds are left out."""
+    cursor = source.raw.execute(f"SELECT {cols} FROM {_quote(table)}")
+    have: Counter[tuple[Any, ...]] | None = None
+    if not _has_primary_key(source, table):
+        have = Counter(tuple(r) for r in target.execute(f"SELECT {cols} FROM {_quote(table)}"))
+    while batch := cursor.fetchmany(BATCH):
+        if have is None:
+            yield len(batch), batch
+            continue
+        fresh = []
+        for row in batch:
+            if have[tuple(row)] > 0:
+                have[tuple(row)] -= 1
+            else:
+                fresh.append(row)
+        yield len(batch), fresh
+
+
 def _identity(source: SqliteDb, table: str) -> str | None:
     """The column that is an identity on PostgreSQL (an INTEGER PRIMARY KEY), if any."""
     info = source.execute(f"PRAGMA table_info({_quote(table)})").fetchall()
@@ -92,12 +120,12 @@ def copy_history(
         insert = (f"INSERT INTO {_quote(table)} ({cols}) VALUES "
                   f"({', '.join('?' * len(columns))}) ON CONFLICT DO NOTHING")
         copied = 0
-        cursor = source.raw.execute(f"SELECT {cols} FROM {_quote(table)}")
-        while batch := cursor.fetchmany(BATCH):
-            with target.write():
-                added = target.executemany(insert, batch).rowcount
-            copied += max(added, 0)
-            done += len(batch)
+        for read, rows in _batches(source, target, table, cols):
+            if rows:
+                with target.write():
+                    added = target.executemany(insert, rows).rowcount
+                copied += max(added, 0)
+            done += read
             if progress:
                 progress(done, total)
         identity = _identity(source, table)
@@ -110,10 +138,9 @@ def copy_history(
 
 def _check(source: SqliteDb, target: Db, table: str, source_rows: int,
            copied: int) -> TableCopy:
-    """Every source row must be in the target, equal; the counts must match."""
+    """Every source row must be in the target, equal (as often); the counts must match."""
     cols = ", ".join(_quote(c) for c in source.columns(table))
-    have = {tuple(r) for r in target.execute(f"SELECT {cols} FROM {_quote(table)}").fetchall()}
-    missing = sum(1 for r in source.raw.execute(f"SELECT {cols} FROM {_quote(table)}")
-                  if tuple(r) not in have)
-    target_rows = int(target.value(f"SELECT count(*) FROM {_quote(table)}"))
-    return TableCopy(table, source_rows, copied, target_rows, missing)
+    have = Counter(tuple(r) for r in target.execute(f"SELECT {cols} FROM {_quote(table)}"))
+    want = Counter(tuple(r) for r in source.raw.execute(f"SELECT {cols} FROM {_quote(table)}"))
+    missing = sum((want - have).values())
+    return TableCopy(table, source_rows, copied, sum(have.values()), missing)
