@@ -16,6 +16,7 @@ from bot.compute import aggregate
 from bot.compute.aggregate import DAY, Figures, Group
 from bot.compute.cost_review import CostReview, review
 from bot.compute.explain import Explanation, attributed, explain
+from bot.compute.usage import NO_WORKSPACE, spenders
 from bot.models import ZERO, ActivityRow, ApiKey, Credits
 
 
@@ -79,6 +80,8 @@ class DailyDigest:
     # the change against the day before by key x model (volume, mix, price): when per-key
     # history covers both days
     why: Explanation | None = None
+    # spend per workspace against the day before: only when the account has several
+    workspaces: Ranking | None = None
 
     @property
     def previous_day(self) -> dt.date:
@@ -117,6 +120,8 @@ class WeeklyReport:
     rows: list[ActivityRow] = field(default_factory=list)
     top: int = 10
     cost_review: CostReview | None = None
+    # spend per workspace against the week before: only when the account has several
+    workspaces: Ranking | None = None
 
     @property
     def change(self) -> Decimal | None:
@@ -162,6 +167,42 @@ def _key_groups(
         refs[name] = key_hash
         figures[name] = aggregate.totals(aggregate.in_range(key_rows[key_hash], start, end))
     return figures, refs
+
+
+@dataclass(frozen=True)
+class Workspaces:
+    """Where each key lives (key hash -> workspace id, "" unknown) and each workspace's name."""
+
+    of_key: dict[str, str]
+    names: dict[str, str]
+
+
+def _workspace_ranking(
+    key_rows: dict[str, list[ActivityRow]],
+    spaces: Workspaces | None,
+    current: tuple[dt.date, dt.date],
+    previous: tuple[dt.date, dt.date],
+    top: int,
+) -> Ranking | None:
+    """Spend per workspace in `current` against `previous`, from each key's rows (spend of a
+    key of no known workspace, e.g. spend without a key, under "(no workspace)"); None when
+    the account has fewer than two workspaces."""
+    if spaces is None or len(spaces.names) < 2:
+        return None
+
+    def fold(start: dt.date, end: dt.date) -> dict[str, Figures]:
+        figures: dict[str, Figures] = {}
+        for key_hash, rows in key_rows.items():
+            fig = figures.setdefault(spaces.of_key.get(key_hash, ""), Figures())
+            for r in aggregate.in_range(rows, start, end):
+                fig.add(r)
+        return figures
+
+    now, before = fold(*current), fold(*previous)
+    groups = spenders(now, {"": NO_WORKSPACE, **spaces.names})
+    lines = [Line(g.name, g.figures.cost, g.figures.byok_usage,
+                  before[g.ref].cost if g.ref in before else ZERO, g.ref) for g in groups]
+    return Ranking(lines[:top], max(len(lines) - top, 0))
 
 
 def _new_models(
@@ -217,10 +258,12 @@ def build_daily(
     previous_total_credits: Decimal | None = None,
     top: int = 5,
     detail: list[ActivityRow] | None = None,
+    workspaces: Workspaces | None = None,
 ) -> DailyDigest:
     """The daily digest for UTC day `day`; `rows` should cover day-13 .. day. `detail`: the
     key x model rows of the day and the day before (None when history lacks either day), to
-    explain the change between them when they account for both days' spend."""
+    explain the change between them when they account for both days' spend. `workspaces`:
+    where each key lives, for spend per workspace when there are several."""
     prev_day = day - DAY
     on_day = aggregate.in_range(rows, day, day)
     on_prev = aggregate.in_range(rows, prev_day, prev_day)
@@ -244,6 +287,8 @@ def build_daily(
         chart=aggregate.by_date(rows, day - DAY * 13, day),
         top=top,
         why=_why(day, rows, detail, key_names),
+        workspaces=_workspace_ranking(key_rows, workspaces, (day, day), (prev_day, prev_day),
+                                      top),
     )
 
 
@@ -270,10 +315,12 @@ def build_weekly(
     previous_total_credits: Decimal | None = None,
     top: int = 10,
     key_model_rows: list[ActivityRow] | None = None,
+    workspaces: Workspaces | None = None,
 ) -> WeeklyReport:
     """The weekly report for the 7 UTC days ending `end`; `rows` should cover the 14 days
     before and the month of `end`; `key_model_rows` (per key and model) name the key behind
-    each pricey model in the cost review."""
+    each pricey model in the cost review; `workspaces`: where each key lives, for spend per
+    workspace when there are several."""
     start = end - DAY * 6
     prev_start, prev_end = start - DAY * 7, start - DAY
     week = aggregate.in_range(rows, start, end)
@@ -315,4 +362,6 @@ def build_weekly(
         top=top,
         cost_review=review(week, aggregate.in_range(key_model_rows or [], start, end),
                            key_names),
+        workspaces=_workspace_ranking(key_rows, workspaces, (start, end), (prev_start, prev_end),
+                                      top),
     )

@@ -10,7 +10,13 @@ from decimal import Decimal
 from typing import TYPE_CHECKING
 
 from bot.compute import aggregate
-from bot.compute.digest import DailyDigest, WeeklyReport, build_daily, build_weekly
+from bot.compute.digest import (
+    DailyDigest,
+    WeeklyReport,
+    Workspaces,
+    build_daily,
+    build_weekly,
+)
 from bot.config import require_transport
 from bot.deliver.outbox import Message, Outbox
 from bot.errors import ConfigError, DataError
@@ -124,6 +130,8 @@ def build(app: App, job: str, day: dt.date, *, sync: bool = True) -> Built:
     raw_prev = store.get_meta(CREDITS_META.format(job=job))
     prev_total = Decimal(raw_prev) if raw_prev else None
     names = store.key_names()
+    spaces = Workspaces({k.hash: k.workspace_id for k in store.keys()},
+                        {w.id: w.display_name for w in store.workspaces()})
     if job == "daily":
         rows, key_rows = _history(store, day - DAY * 13, day)
         _warn_missing(store, day - DAY * 13, day)
@@ -135,6 +143,7 @@ def build(app: App, job: str, day: dt.date, *, sync: bool = True) -> Built:
             keys=keys if keys is not None else store.keys(),
             credits=credits, previous_total_credits=prev_total, top=app.config.daily.top,
             detail=store.key_model_rows(day - DAY, day) if both else None,
+            workspaces=spaces,
         )
     else:
         start = min(day - DAY * 13, day.replace(day=1))
@@ -143,7 +152,7 @@ def build(app: App, job: str, day: dt.date, *, sync: bool = True) -> Built:
         data = build_weekly(
             day, as_of=now, rows=rows, key_rows=key_rows, key_names=names, credits=credits,
             previous_total_credits=prev_total, top=app.config.weekly.top,
-            key_model_rows=store.key_model_rows(day - DAY * 6, day),
+            key_model_rows=store.key_model_rows(day - DAY * 6, day), workspaces=spaces,
         )
     return Built(job, period_key(job, day), data)
 
