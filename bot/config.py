@@ -39,7 +39,8 @@ ALERT_KINDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "model_spend": (("above_usd",), ("model",)),
     "budget": (("amount_usd",), ("period", "notify_at", "forecast", "per", "key", "model",
                                  "workspace")),
-    "burn_rate": (("above_usd_per_hour", "factor"), ("window", "min_usd", "per", "key")),
+    "burn_rate": (("above_usd_per_hour", "factor"), ("window", "min_usd", "per", "key",
+                                                      "model")),
 }
 BudgetPeriod = Literal["day", "week", "month"]
 Scope = Literal["account", "key", "model", "workspace"]
@@ -47,7 +48,7 @@ Baseline = Literal["weekday", "7d"]
 SCOPES: dict[str, tuple[Scope, ...]] = {
     "budget": ("account", "key", "model", "workspace"),
     "spike": ("account", "key", "model"),
-    "burn_rate": ("account", "key"),
+    "burn_rate": ("account", "key", "model"),
 }
 DEFAULT_NOTIFY_AT = (Decimal(50), Decimal(80), Decimal(100))
 MAX_BURN_WINDOW = dt.timedelta(hours=3)  # the analytics API's limit for minute buckets

@@ -65,6 +65,17 @@ class ActivityRow:
 
 
 @dataclass(frozen=True, slots=True)
+class SpendBucket:
+    """What one key spent on one model in one minute or hour from the analytics API (`at` is
+    the bucket's start, UTC; `key_hash` may be a placeholder for a key no longer listed)."""
+
+    at: dt.datetime
+    key_hash: str
+    model: str
+    cost: Decimal  # credits plus BYOK inference
+
+
+@dataclass(frozen=True, slots=True)
 class ApiKey:
     """One API key from ``/keys`` (disabled keys included: their past spend is real)."""
 

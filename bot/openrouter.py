@@ -22,7 +22,7 @@ from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from decimal import Decimal
 from types import TracebackType
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import httpx
 import msgspec
@@ -31,7 +31,16 @@ from bot import __version__
 from bot.config import DEFAULT_BASE_URL
 from bot.deadline import deadline, deadline_transport
 from bot.errors import ApiError, AuthError, ConfigError, NotManagementKey
-from bot.models import ZERO, ActivityRow, ApiKey, Credits, Snapshot, Workspace, placeholder_hash
+from bot.models import (
+    ZERO,
+    ActivityRow,
+    ApiKey,
+    Credits,
+    Snapshot,
+    SpendBucket,
+    Workspace,
+    placeholder_hash,
+)
 from bot.text import one_line, redact
 
 MANAGEMENT_KEYS_URL = "https://openrouter.ai/settings/management-keys"
@@ -143,6 +152,11 @@ class _RawCurrentKey(msgspec.Struct):
 class _RawAnalyticsRow(msgspec.Struct):
     date__day: Any = None
     created_at__day: Any = None
+    # minute and hour buckets (the burn rate's recent spend and usual hours)
+    date__minute: Any = None
+    created_at__minute: Any = None
+    date__hour: Any = None
+    created_at__hour: Any = None
     api_key_id: str | None = None
     model: str | None = None
     provider: str | None = None
@@ -344,9 +358,11 @@ def _workspaces_of(raws: list[_RawWorkspace]) -> list[Workspace]:
     return [_workspace(r) for r in raws]
 
 
-def _analytics_row(r: _RawAnalyticsRow, key_hash: str) -> ActivityRow:
+def _analytics_row(r: _RawAnalyticsRow, key_hash: str, day: dt.date | None = None
+                   ) -> ActivityRow:
     """One analytics row as an ActivityRow: `model` is the permaslug (the API's model id),
-    `provider` and `endpoint_id` are "" unless the query grouped by provider."""
+    `provider` and `endpoint_id` are "" unless the query grouped by provider; `day` when the
+    row's bucket is not a day."""
     bucket = r.date__day if r.date__day is not None else r.created_at__day
     byok = _finite(r.byok_usage, "byok_usage")
     if r.credits_usage is not None or r.total_usage is None:  # null: an unused component
@@ -356,7 +372,7 @@ def _analytics_row(r: _RawAnalyticsRow, key_hash: str) -> ActivityRow:
     model = r.model or "unknown"
     provider = r.provider or ""
     return ActivityRow(
-        date=_day(bucket),
+        date=day if day is not None else _day(bucket),
         model=model,
         model_permaslug=model,
         endpoint_id="",
@@ -906,6 +922,86 @@ class OpenRouterClient:
                 progress(done_days, total_days)
         return queries
 
+    def key_model_spend(
+        self,
+        start: dt.datetime,
+        end: dt.datetime,
+        keys: Sequence[ApiKey],
+        granularity: Literal["minute", "hour"],
+    ) -> list[SpendBucket]:
+        """Spend by key x model per minute (the API allows windows up to 3 h) or hour from
+        `start` to `end`. Names map back to hashes as in :meth:`key_model_days`: keys that
+        share a name are asked for by hash filter, and what no listed key explains (a deleted
+        key, spend without a key) keeps a placeholder identity. An answer cut short (truncated,
+        or a 408) is asked again in halves of its time range."""
+        by_label: dict[str, list[str]] = {}
+        for k in keys:
+            by_label.setdefault(_analytics_label(k), []).append(k.hash)
+        unique = {label: hashes[0] for label, hashes in by_label.items() if len(hashes) == 1}
+        shared = {label: hashes for label, hashes in by_label.items() if len(hashes) > 1}
+        out: list[SpendBucket] = []
+        attributed: dict[tuple[dt.datetime, str, str], Decimal] = {}
+        for i in range(max((len(h) for h in shared.values()), default=0)):
+            hash_of = {label: hashes[i] for label, hashes in shared.items() if len(hashes) > i}
+            for r in self._timed(start, end, granularity, list(hash_of.values())):
+                label = r.api_key_id or ""
+                if label in hash_of:
+                    bucket = _bucket(r, granularity, hash_of[label])
+                    out.append(bucket)
+                    slot = (bucket.at, label, bucket.model)
+                    attributed[slot] = attributed.get(slot, ZERO) + bucket.cost
+        for r in self._timed(start, end, granularity, None):
+            label = r.api_key_id or ""
+            if label in unique:
+                out.append(_bucket(r, granularity, unique[label]))
+            elif label in shared:
+                b = _bucket(r, granularity, placeholder_hash(label))
+                rest = b.cost - attributed.get((b.at, label, b.model), ZERO)
+                if rest:
+                    out.append(SpendBucket(b.at, b.key_hash, b.model, rest))
+            else:
+                out.append(_bucket(r, granularity, placeholder_hash(label)))
+        return out
+
+    def _timed(
+        self, start: dt.datetime, end: dt.datetime, granularity: Literal["minute", "hour"],
+        only: list[str] | None,
+    ) -> list[_RawAnalyticsRow]:
+        """Whole answers for `start`..`end` by key and model per `granularity`, halving the
+        time range while an answer is truncated or times out."""
+        step = dt.timedelta(minutes=1) if granularity == "minute" else dt.timedelta(hours=1)
+        body = {
+            "metrics": list(ANALYTICS_METRICS),
+            "dimensions": ["api_key_id", "model"],
+            "granularity": granularity,
+            "time_range": {"start": _iso(start), "end": _iso(end)},
+            "filters": ([{"field": "api_key_id", "operator": "in", "value": only}]
+                        if only is not None else []),
+            "limit": ANALYTICS_LIMIT,
+        }
+        try:
+            answer = self.analytics_query(body)
+            cut = answer.metadata.truncated
+        except ApiError as exc:
+            if exc.status != 408:
+                raise
+            cut = True
+        if not cut:
+            return [r for r in answer.data if start <= _bucket_at(r, granularity) < end]
+        if end - start <= step:
+            raise ApiError(f"OpenRouter analytics answer for {_iso(start)} by {granularity} was "
+                           "cut short even for one bucket")
+        middle = start + (end - start) // 2
+        middle -= dt.timedelta(seconds=middle.second, microseconds=middle.microsecond)
+        if granularity == "hour":
+            middle = middle.replace(minute=0)
+        if not start < middle < end:
+            middle = start + step
+        log.debug("analytics answer for %s..%s by %s cut short; halving it", start, end,
+                  granularity)
+        return (self._timed(start, middle, granularity, only)
+                + self._timed(middle, end, granularity, only))
+
     def model_provider_days(
         self,
         start: dt.date,
@@ -1255,6 +1351,28 @@ class OpenRouterClient:
 
     def _redact(self, text: str) -> str:
         return redact(text, [self._key])
+
+
+def _iso(when: dt.datetime) -> str:
+    return when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _bucket_at(r: _RawAnalyticsRow, granularity: str) -> dt.datetime:
+    """The start of a minute or hour bucket (keyed `date__<g>` or `created_at__<g>`), UTC."""
+    value = getattr(r, f"date__{granularity}")
+    if value is None:
+        value = getattr(r, f"created_at__{granularity}")
+    try:
+        when = dt.datetime.fromisoformat(str(value).strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise ApiError(f"analytics bucket is not a date-time: {_short(repr(value))}") from None
+    return when.replace(tzinfo=dt.UTC) if when.tzinfo is None else when.astimezone(dt.UTC)
+
+
+def _bucket(r: _RawAnalyticsRow, granularity: str, key_hash: str) -> SpendBucket:
+    at = _bucket_at(r, granularity)
+    row = _analytics_row(r, key_hash, at.date())
+    return SpendBucket(at, key_hash, row.model, row.cost)
 
 
 def _analytics_label(key: ApiKey) -> str:

@@ -5,7 +5,8 @@ workspace), `/workspaces`, `/keys` (per workspace, paged) and the analytics API
 (`/analytics/meta`, `POST /analytics/query`) with the limits the real one documents: at most 2
 dimensions, `provider` only in windows of 31 days, truncation past a row cap, both time-bucket
 prefixes, counts as strings, null cost components, keys labelled by name while filters take
-hashes, 64 queries a minute (on an injected clock) and scripted 408s.
+hashes, 64 queries a minute (on an injected clock) and scripted 408s. Day buckets come from
+the activity rows; minute (windows up to 3 h) and hour buckets from `minute_spend`.
 """
 
 from __future__ import annotations
@@ -264,6 +265,9 @@ class FakeOpenRouter:
         self.clock: Callable[[], float] | None = None  # set: enforce 64/min on this clock
         self.string_counts = True
         self.provider_days_back: int | None = None  # set: `provider` only this many days back
+        # spend as it happens, for minute and hour buckets: (instant, key hash or None, model
+        # permaslug, usage, byok usage)
+        self.minute_spend: list[tuple[dt.datetime, str | None, str, Decimal, Decimal]] = []
         self.analytics_queries: list[dict[str, Any]] = []
         self.rate_limited = 0  # queries answered 429 for going past 64 a minute
         self._analytics_sent: list[float] = []
@@ -454,6 +458,18 @@ class FakeOpenRouter:
             yield from self._facts.get(day, ())
             day += DAY
 
+    def timed_facts(self, start: dt.datetime, end: dt.datetime, granularity: str
+                    ) -> Iterable[tuple[Any, ...]]:
+        """`facts` from `minute_spend` in `start`..`end`, bucketed by minute or hour."""
+        where = self.workspace_of()
+        for at, key_hash, model, usage, byok in self.minute_spend:
+            if start <= at < end:
+                bucket = at.replace(second=0, microsecond=0)
+                if granularity == "hour":
+                    bucket = bucket.replace(minute=0)
+                yield (bucket, key_hash, model, None, where.get(key_hash or "", DEFAULT_WORKSPACE),
+                       usage, byok, 1, 0, 0, 0)
+
     def answer_analytics(self, body: Any) -> tuple[int, Any]:
         if self.analytics_status:
             return self.analytics_status, _error(self.analytics_status, "Not available")
@@ -484,6 +500,9 @@ class FakeOpenRouter:
             return 400, _error(400, "Time range is limited to 365 days")
         if self.analytics_timeout_days is not None and days > self.analytics_timeout_days:
             return 408, _error(408, "Operation timed out. Please try again later.")
+        granularity = body.get("granularity") or "day"
+        if granularity == "minute" and end - start > dt.timedelta(hours=3):
+            return 400, _error(400, "Minute granularity is limited to time ranges of 3 hours")
         labels = self.labels()
         resolvable = {k["hash"] for k in self.keys}
         warnings: list[str] = []
@@ -504,7 +523,9 @@ class FakeOpenRouter:
                 return 400, _error(400, f"Operator {f['operator']} is not faked for api_key_id")
         groups: dict[tuple[Any, ...], list[Any]] = {}
         spaces = {w["id"]: w["name"] for w in self.workspaces or []}
-        for fact in self.facts(start.date(), (end - dt.timedelta(microseconds=1)).date()):
+        facts = (self.timed_facts(start, end, granularity) if granularity in ("minute", "hour")
+                 else self.facts(start.date(), (end - dt.timedelta(microseconds=1)).date()))
+        for fact in facts:
             day, key_hash = fact[0], fact[1]
             if not keep(key_hash):
                 continue
@@ -516,10 +537,12 @@ class FakeOpenRouter:
             for i in range(6):
                 sums[i] += fact[5 + i]
         self._queries = getattr(self, "_queries", 0) + 1
-        bucket = "date__day" if self._queries % 2 else "created_at__day"
+        bucket = f"date__{granularity}" if self._queries % 2 else f"created_at__{granularity}"
         rows = []
         for slot, s in sorted(groups.items(), key=lambda g: (g[0][0], str(g[0][1:]))):
-            row: dict[str, Any] = {bucket: f"{slot[0]}T00:00:00.000Z"}
+            when = slot[0]
+            row: dict[str, Any] = {bucket: f"{when:%Y-%m-%dT%H:%M}:00.000Z"
+                                   if isinstance(when, dt.datetime) else f"{when}T00:00:00.000Z"}
             row.update(zip(dims, slot[1:], strict=True))
             count = str if self.string_counts else int
             row.update({

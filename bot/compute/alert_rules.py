@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 from bot.compute import aggregate, forecast
 from bot.compute.aggregate import DAY
-from bot.compute.burn import ACCOUNT, BurnState
+from bot.compute.burn import ACCOUNT, Burn, BurnState, Rate, Recent, Run, minute_burns
 from bot.compute.digest import today_so_far
 from bot.compute.explain import Contributor, Explanation, explain
 from bot.compute.forecast import PeriodKind, Span, daily_costs, span_of
@@ -75,6 +75,7 @@ class Inputs:
     key_rows: list[ActivityRow] = field(default_factory=list)
     names: dict[str, str] = field(default_factory=dict)  # key hash -> name, deleted keys too
     burn: BurnState | None = None  # samples of keys' usage from this and earlier checks
+    recent: Recent | None = None  # minute buckets from the analytics API, when it answers
     workspaces: dict[str, Workspace] = field(default_factory=dict)  # id -> workspace
     # key hash -> workspace id, deleted keys too ("" when unknown); else from `keys`
     key_workspaces: dict[str, str] = field(default_factory=dict)
@@ -407,17 +408,46 @@ def budget(rule: AlertRule, data: Inputs, margin: Decimal) -> list[Observation]:
 # --- burn rate -------------------------------------------------------------------------------
 
 
-def burn_rate(rule: AlertRule, data: Inputs, margin: Decimal) -> list[Observation]:
-    """Spend per hour over the last `window`, for the account or each key (`per: key`): above
-    `above_usd_per_hour` and/or above `factor` x the usual spend of that hour of the week
-    (both must hold when both are set; `factor` waits for 3 weeks of watched hours)."""
-    state = data.burn
-    if state is None:
-        return []
-    keys = {k.hash: k for k in data.keys}
+@dataclass(frozen=True)
+class _Measured:
+    """One subject's burn, from minute data or from samples of keys' usage."""
+
+    subject: str
+    rate: Rate
+    run: Run | None
+    usual: Decimal | None  # usual spend in this clock hour; None: not known (yet)
+    behind: list[str]  # models of a key or the account, keys of a model
+    behind_day: dt.date | None  # the day `behind` is from; None: the window itself
+    run_open: bool = False  # the run began before the data reaches back
+
+
+def _from_minutes(rule: AlertRule, data: Inputs, recent: Recent) -> list[_Measured]:
+    burns = minute_burns(recent, rule.per, data.as_of, rule.window)
+    usual = recent.usual.get(rule.per, {}) if recent.usual is not None else None
     if rule.per == "key":
-        subjects = [h for h in state.subjects()
-                    if _matches_key(rule, h, data.key_name(h))]
+        subjects = sorted({k.hash for k in data.keys} | set(burns))
+        subjects = [h for h in subjects if _matches_key(rule, h, data.key_name(h))]
+    elif rule.per == "model":
+        subjects = sorted(m for m in burns if rule.model is None or m == rule.model)
+    else:
+        subjects = [ACCOUNT]
+    out = []
+    for subject in subjects:
+        burn = burns.get(subject)
+        if burn is None:  # nothing spent in the data: a rate of 0 over the window
+            start = max(data.as_of - rule.window, recent.start)
+            burn = Burn(Rate(ZERO, start, data.as_of,
+                             Decimal((data.as_of - start).total_seconds())), None, [])
+        out.append(_Measured(
+            subject, burn.rate, burn.run,
+            None if usual is None or rule.factor is None else usual.get(subject, ZERO),
+            burn.behind, None, burn.run_open))
+    return out
+
+
+def _from_samples(rule: AlertRule, data: Inputs, state: BurnState) -> list[_Measured]:
+    if rule.per == "key":
+        subjects = [h for h in state.subjects() if _matches_key(rule, h, data.key_name(h))]
     else:
         subjects = [ACCOUNT]
     models = _latest_models(data)
@@ -426,38 +456,68 @@ def burn_rate(rule: AlertRule, data: Inputs, margin: Decimal) -> list[Observatio
         rate = state.rate(subject, data.as_of, rule.window)
         if rate is None:
             continue
-        per_hour = rate.per_hour
-        usual = state.usual(subject, data.as_of) if rule.factor is not None else None
-        lines = [rule.above_usd_per_hour] if rule.above_usd_per_hour is not None else []
-        if rule.factor is not None and usual is not None:
-            lines.append(rule.factor * usual)
         if subject != ACCOUNT and not (rate.spent or subject in state.runs):
             continue  # an idle key: nothing to say about it
+        usual = state.usual(subject, data.as_of) if rule.factor is not None else None
+        out.append(_Measured(subject, rate, state.runs.get(subject), usual,
+                             models.get(subject, []), data.day))
+    return out
+
+
+def burn_rate(rule: AlertRule, data: Inputs, margin: Decimal) -> list[Observation]:
+    """Spend per hour over the last `window`, for the account, each key (`per: key`) or each
+    model (`per: model`, minute data only): above `above_usd_per_hour` and/or above `factor` x
+    the usual spend of that hour of the week (both must hold when both are set; `factor`
+    waits for 3 weeks of history). From the analytics API's minute buckets where it answers,
+    else from the change of keys' usage between checks."""
+    if data.recent is not None:
+        measured = _from_minutes(rule, data, data.recent)
+    elif data.burn is not None and rule.per != "model":
+        measured = _from_samples(rule, data, data.burn)
+    else:  # per model needs minute data
+        return []
+    keys = {k.hash: k for k in data.keys}
+    hours_left = Decimal((_next_midnight(data.as_of) - data.as_of).total_seconds()) / 3600
+    out = []
+    for m in measured:
+        per_hour = m.rate.per_hour
+        lines = [rule.above_usd_per_hour] if rule.above_usd_per_hour is not None else []
+        if rule.factor is not None and m.usual is not None:
+            lines.append(rule.factor * m.usual)
         if lines:
-            firing = per_hour > max(lines) and rate.spent > rule.min_usd
-            clear = per_hour <= min(lines) * (1 - margin) or rate.spent <= rule.min_usd
+            firing = per_hour > max(lines) and m.rate.spent > rule.min_usd
+            clear = per_hour <= min(lines) * (1 - margin) or m.rate.spent <= rule.min_usd
         else:  # only `factor`, and not enough history yet
             firing, clear = False, True
-        key = keys.get(subject)
-        run = state.runs.get(subject)
-        today = (key.usage_daily + key.byok_usage_daily if key else
-                 sum((k.usage_daily + k.byok_usage_daily for k in data.keys), ZERO))
-        hours_left = Decimal((_next_midnight(data.as_of) - data.as_of).total_seconds()) / 3600
+        key = keys.get(m.subject) if rule.per == "key" else None
+        if rule.per == "model":
+            today = None  # a model's spend today is not known before the day is over
+        elif key is not None:
+            today = key.usage_daily + key.byok_usage_daily
+        else:
+            today = sum((k.usage_daily + k.byok_usage_daily for k in data.keys), ZERO)
+        name = {"account": "", "key": data.key_name(m.subject)}.get(rule.per, m.subject)
         out.append(Observation(
-            rule, subject, per_hour, max(lines) if lines else None, firing, clear,
-            name="" if subject == ACCOUNT else data.key_name(subject),
+            rule, m.subject, per_hour, max(lines) if lines else None, firing, clear,
+            name=name,
             facts={
-                "window": rule.window, "spent": rate.spent, "start": rate.start,
-                "end": rate.end, "measured": rate.end - rate.start,
-                "usual": usual, "factor": rule.factor, "floor": rule.above_usd_per_hour,
-                "since": run.since if run else None, "run_spent": run.spent if run else ZERO,
-                "today": today, "day_if_it_goes_on": today + per_hour * hours_left,
+                "window": rule.window, "spent": m.rate.spent, "start": m.rate.start,
+                "end": m.rate.end, "measured": m.rate.end - m.rate.start,
+                "usual": m.usual, "factor": rule.factor, "floor": rule.above_usd_per_hour,
+                "since": m.run.since if m.run else None,
+                "run_spent": m.run.spent if m.run else ZERO, "run_open": m.run_open,
+                "today": today,
+                "day_if_it_goes_on": (today or ZERO) + per_hour * hours_left,
+                "rest_of_day": per_hour * hours_left,
                 "limit": key.limit if key else None,
                 "limit_left": key.limit_remaining if key else None,
-                "models": models.get(subject, []), "models_day": data.day,
-                "key_hash": subject if key else "",
+                "models": m.behind if rule.per != "model" else [],
+                "keys": [data.key_name(h) for h in m.behind] if rule.per == "model" else [],
+                "models_day": m.behind_day,
+                "minute_data": data.recent is not None,
+                "key_hash": m.subject if key else "",
             },
-            why=_burn_why(state, data, rule) if firing and subject == ACCOUNT else None,
+            why=_burn_why(rule, data) if firing and rule.per == "account" else None,
         ))
     return out
 
@@ -469,7 +529,7 @@ def _next_midnight(now: dt.datetime) -> dt.datetime:
 
 def _latest_models(data: Inputs) -> dict[str, list[str]]:
     """Key hash (and "account") -> the models it spent on on the latest complete day, most
-    spent first (what is behind a burn until minute data names it)."""
+    spent first (what is behind a burn when there is no minute data)."""
     spent: dict[str, dict[str, Decimal]] = {}
     for r in data.key_rows:
         if r.date == data.day and r.cost > 0:
@@ -479,15 +539,25 @@ def _latest_models(data: Inputs) -> dict[str, list[str]]:
     return {who: sorted(m, key=lambda name: (-m[name], name)) for who, m in spent.items()}
 
 
-def _burn_why(state: BurnState, data: Inputs, rule: AlertRule) -> Explanation:
+def _burn_why(rule: AlertRule, data: Inputs) -> Explanation:
     """The keys behind the account's burn: their spend in the window against their usual
-    spend in as long (counts unknown: key usage says nothing of requests or tokens)."""
-    rates = {h: state.rate(h, data.as_of, rule.window) for h in state.subjects()}
+    spend in as long (counts unknown: neither key usage nor the minute buckets we ask for
+    carry requests or tokens); without a usual, their spend alone."""
+    spent: dict[str, tuple[Rate, Decimal | None]] = {}
+    if data.recent is not None:
+        by_key = data.recent.usual.get("key", {}) if data.recent.usual is not None else None
+        for h, burn in minute_burns(data.recent, "key", data.as_of, rule.window).items():
+            spent[h] = (burn.rate, by_key.get(h, ZERO) if by_key is not None else None)
+    elif data.burn is not None:
+        for h in data.burn.subjects():
+            rate = data.burn.rate(h, data.as_of, rule.window)
+            if rate is not None:
+                spent[h] = (rate, data.burn.usual(h, data.as_of))
     contributors = []
-    for h, r in rates.items():
-        if r is None or r.spent <= 0:
+    known = all(u is not None for _, u in spent.values())
+    for h, (r, usual) in spent.items():
+        if r.spent <= 0:
             continue
-        usual = state.usual(h, data.as_of)
         usual_spent = usual * r.seconds / 3600 if usual is not None else ZERO
         contributors.append(Contributor(h, data.key_name(h), "", r.spent, usual_spent,
                                         ZERO, ZERO, ZERO, ZERO))
@@ -498,7 +568,7 @@ def _burn_why(state: BurnState, data: Inputs, rule: AlertRule) -> Explanation:
         usual=sum((c.usual for c in contributors), ZERO),
         requests=ZERO, usual_requests=ZERO, tokens=ZERO, usual_tokens=ZERO,
         volume_effect=ZERO, price_effect=ZERO, contributors=rising[:3],
-        more=max(len(rising) - 3, 0), counts=False,
+        more=max(len(rising) - 3, 0), counts=False, usual_known=known,
     )
 
 

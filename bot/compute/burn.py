@@ -9,6 +9,11 @@ last `window` and its rate per hour; :class:`BurnState` also keeps each subject'
 (since when it has been spending, and how much) and its spend per clock hour over the last
 4 weeks with the hours it was watched, so :meth:`BurnState.usual` can give the usual spend for
 the same hour of the week (the median of 4 weeks; None until it was watched in at least 3).
+
+Where the analytics API answers, a :class:`Recent` holds each key's spend per model and minute
+over the last window instead, and the usual from the same hours of the last 4 weeks by hour:
+:func:`minute_burns` gives each subject's rate from it, per model too. The samples are kept
+either way (the fallback needs a previous one).
 Pure numbers; the state is stored as JSON by the alerts job.
 """
 
@@ -21,10 +26,11 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from bot.models import ZERO, ApiKey
+from bot.models import ZERO, ApiKey, SpendBucket
 
 ACCOUNT = "account"
 HOUR = dt.timedelta(hours=1)
+MINUTE = dt.timedelta(minutes=1)
 WEEK = dt.timedelta(days=7)
 HISTORY = dt.timedelta(days=29)  # hourly spend kept: 4 weeks and a day
 RUN_GAP = dt.timedelta(minutes=15)  # a run of spending ends after this long without spend
@@ -225,3 +231,103 @@ class BurnState:
                    for k, v in doc.get("hours", {}).items()},
             watched={when(h) for h in doc.get("watched", [])},
         )
+
+
+# -- from the analytics API's minute buckets -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Recent:
+    """Spend by key x model per minute from `start` to `end` (the analytics API), and the
+    usual spend of this clock hour of the week per subject: `usual[per][subject]`, the median
+    of the same hour in the last 4 weeks (None while the history is shorter than 3 weeks)."""
+
+    buckets: list[SpendBucket]
+    start: dt.datetime
+    end: dt.datetime
+    usual: dict[str, dict[str, Decimal]] | None = None
+
+
+def subject_of(per: str, bucket: SpendBucket) -> str:
+    """Who a bucket's spend belongs to under `per`: the account, its key or its model."""
+    if per == "key":
+        return bucket.key_hash
+    if per == "model":
+        return bucket.model
+    return ACCOUNT
+
+
+@dataclass(frozen=True)
+class Burn:
+    """One subject's burn over a window: the rate, its current run of spending (None when
+    it is not spending), and what is behind it (models of a key or of the account, keys of a
+    model), most spent in the window first."""
+
+    rate: Rate
+    run: Run | None
+    behind: list[str]
+    run_open: bool = False  # the run began before the minute data fetched: it is older
+
+
+def minute_burns(recent: Recent, per: str, now: dt.datetime, window: dt.timedelta
+                 ) -> dict[str, Burn]:
+    """Each subject's spend over the last `window` (or since its current run of spending
+    began, when later: idle minutes before a runaway do not dilute it), per hour."""
+    minutes: dict[str, dict[dt.datetime, Decimal]] = {}
+    for b in recent.buckets:
+        if b.cost and b.at < now:
+            spent = minutes.setdefault(subject_of(per, b), {})
+            spent[b.at] = spent.get(b.at, ZERO) + b.cost
+    out = {}
+    for subject, spent in minutes.items():
+        run = _run(spent, now)
+        start = max(now - window, recent.start)
+        if run is not None and run.since > start:
+            start = run.since
+        in_window = [b for b in recent.buckets
+                     if b.at >= start and b.at < now and subject_of(per, b) == subject]
+        behind: dict[str, Decimal] = {}
+        for b in in_window:
+            who = b.key_hash if per == "model" else b.model
+            behind[who] = behind.get(who, ZERO) + b.cost
+        rate = Rate(sum((b.cost for b in in_window), ZERO), start, now,
+                    Decimal((now - start).total_seconds()))
+        out[subject] = Burn(rate, run, sorted((w for w in behind if behind[w] > 0),
+                                              key=lambda w: (-behind[w], w)),
+                            run_open=run is not None and run.since <= recent.start)
+    return out
+
+
+def _run(spent: dict[dt.datetime, Decimal], now: dt.datetime) -> Run | None:
+    """The current run of spending minutes (gaps of at most RUN_GAP), None when the last
+    spend is longer ago than that."""
+    times = sorted(t for t, c in spent.items() if c > 0)
+    if not times or now - (times[-1] + MINUTE) > RUN_GAP:
+        return None
+    first = len(times) - 1
+    while first > 0 and times[first] - (times[first - 1] + MINUTE) <= RUN_GAP:
+        first -= 1
+    return Run(times[first], sum((spent[t] for t in times[first:]), ZERO), times[-1] + MINUTE)
+
+
+def usual_hours(hours: list[list[SpendBucket]]) -> dict[str, dict[str, Decimal]]:
+    """Per scope ("account", "key", "model") and subject, the median spend of the given clock
+    hours (one list of buckets per hour; a subject without spend in an hour spent 0)."""
+    out: dict[str, dict[str, Decimal]] = {}
+    for per in ("account", "key", "model"):
+        sums: list[dict[str, Decimal]] = []
+        for buckets in hours:
+            spent: dict[str, Decimal] = {ACCOUNT: ZERO} if per == "account" else {}
+            for b in buckets:
+                who = subject_of(per, b)
+                spent[who] = spent.get(who, ZERO) + b.cost
+            sums.append(spent)
+        subjects = {s for hour in sums for s in hour}
+        out[per] = {s: Decimal(statistics.median([hour.get(s, ZERO) for hour in sums]))
+                    for s in subjects}
+    return out
+
+
+def same_hours(now: dt.datetime, weeks: int = USUAL_WEEKS) -> list[dt.datetime]:
+    """The starts of this clock hour in each of the last `weeks` weeks, the latest first."""
+    return [_hour(now) - WEEK * i for i in range(1, weeks + 1)]

@@ -133,6 +133,7 @@ class Explanation:
     more: int  # contributors that moved that way but are not listed
     counts: bool = True  # whether requests and tokens are known (not from key usage alone)
     mix_effect: Decimal = ZERO  # the rest: pricier or cheaper models, new or gone ones
+    usual_known: bool = True  # False: there is no usual to compare with (yet)
 
     @property
     def delta(self) -> Decimal:

@@ -20,14 +20,23 @@ from typing import TYPE_CHECKING, Any
 
 from bot.compute import aggregate
 from bot.compute.alert_rules import Action, Inputs, Observation, evaluate, gone, step
-from bot.compute.burn import BurnState, Sample
+from bot.compute.burn import (
+    USUAL_MIN_WEEKS,
+    WEEK,
+    BurnState,
+    Recent,
+    Sample,
+    same_hours,
+    usual_hours,
+)
 from bot.compute.silence import acknowledged, held, snoozed
-from bot.config import AlertRule
+from bot.config import MAX_BURN_WINDOW, AlertRule
 from bot.deliver.outbox import Message, Outbox
-from bot.errors import BotError, ConfigError
+from bot.errors import ApiError, BotError, ConfigError
 from bot.jobs.send import Preview
 from bot.models import (
     DAY,
+    ActivityRow,
     AlertState,
     ApiKey,
     Destination,
@@ -40,6 +49,7 @@ from bot.models import (
 
 if TYPE_CHECKING:
     from bot.app import App
+    from bot.openrouter import OpenRouterClient
     from bot.render.messages import Renderer
     from bot.store import Store
 
@@ -163,6 +173,7 @@ def gather_inputs(app: App, now: dt.datetime, *, save: bool = True) -> Inputs:
         if _needs_per_key(app.config.alerts.rules) and not _per_key_current(store, day):
             log.info("alerts: per-key history lacks %s; fetching activity per key", day)
             snap = client.snapshot(now=now, credits=True, keys=True, per_key=True)
+        recent = _recent(app, client, store, snap.keys, now, save=save)
     if save:
         assert store is not None
         store.save_snapshot(snap)
@@ -183,9 +194,78 @@ def gather_inputs(app: App, now: dt.datetime, *, save: bool = True) -> Inputs:
     names = key_labels(known_keys, {w.id: w.display_name for w in spaces.values()})
     if store is not None:
         names = {**store.key_names(), **names}  # and names of spend with no key listed
+    if recent is not None and recent.usual is not None and not _weeks_of_history(rows, now):
+        recent = replace(recent, usual=None)  # the usual waits for 3 weeks of history
     return Inputs(as_of=now, day=day, credits=snap.credits, keys=snap.keys, rows=rows,
                   key_rows=key_rows, names=names, burn=burn, workspaces=spaces,
-                  key_workspaces={k.hash: k.workspace_id for k in known_keys})
+                  key_workspaces={k.hash: k.workspace_id for k in known_keys}, recent=recent)
+
+
+# minute data the burn rate asks for: its longest window, and at least this much to see how
+# long a run of spending has lasted (the API gives minutes for windows up to 3 h)
+RECENT_LOOKBACK = dt.timedelta(hours=1)
+USUAL_META = "alerts.burn_usual"  # the usual spend of the current clock hour, asked once an hour
+
+
+def _recent(app: App, client: OpenRouterClient, store: Store | None, keys: list[ApiKey],
+            now: dt.datetime, *, save: bool) -> Recent | None:
+    """Spend by key x model per minute from the analytics API for the burn-rate rules, with
+    the usual spend of this clock hour (same hour, last 4 weeks, by hour) when a rule has a
+    `factor`; None where the API does not answer (403/404) or fails: the rules then measure
+    keys' usage between checks."""
+    from bot.openrouter import AnalyticsUnavailable
+
+    rules = [r for r in app.config.alerts.rules if r.kind == "burn_rate"]
+    if not rules:
+        return None
+    span = min(max(max(r.window for r in rules), RECENT_LOOKBACK), MAX_BURN_WINDOW)
+    start = (now - span).astimezone(dt.UTC).replace(second=0, microsecond=0)
+    known = list(keys)
+    if store is not None:  # deleted keys' names still map to their hashes
+        live = {k.hash for k in keys}
+        known += [k for k in store.keys() if k.hash not in live]
+    try:
+        buckets = client.key_model_spend(start, now, known, "minute")
+        usual = _usual(client, store, known, now, save=save) \
+            if any(r.factor is not None for r in rules) else None
+    except AnalyticsUnavailable as exc:
+        log.debug("burn_rate: no minute data from the analytics API (%s); measuring keys' "
+                  "usage between checks", exc.reason.split(" ", 1)[0])
+        return None
+    except ApiError as exc:
+        log.warning("burn_rate: minute data from the analytics API failed (%s); measuring "
+                    "keys' usage between checks", exc)
+        return None
+    return Recent(buckets, start, now, usual)
+
+
+def _usual(client: OpenRouterClient, store: Store | None, keys: list[ApiKey],
+           now: dt.datetime, *, save: bool) -> dict[str, dict[str, Decimal]]:
+    """The usual spend of this clock hour per scope and subject, asked once per clock hour
+    (4 hourly queries) and kept in the database until the hour changes."""
+    hours = same_hours(now)
+    cached = store.get_meta(USUAL_META) if store is not None else None
+    if cached:
+        doc = json.loads(cached)
+        if doc.get("hour") == hours[0].isoformat():
+            return {per: {s: Decimal(v) for s, v in subjects.items()}
+                    for per, subjects in doc["usual"].items()}
+    usual = usual_hours([client.key_model_spend(h, h + dt.timedelta(hours=1), keys, "hour")
+                         for h in hours])
+    if save and store is not None:
+        store.set_meta(USUAL_META, json.dumps(
+            {"hour": hours[0].isoformat(),
+             "usual": {per: {s: str(v) for s, v in subjects.items() if v}
+                       for per, subjects in usual.items()}},
+            sort_keys=True, separators=(",", ":")))
+    return usual
+
+
+def _weeks_of_history(rows: list[ActivityRow], now: dt.datetime) -> bool:
+    """Whether spend history reaches back 3 weeks from this hour (the usual is a median of the
+    same hour in 4 weeks: an account younger than 3 weeks has none yet)."""
+    first = min((r.date for r in rows if r.cost > 0), default=None)
+    return first is not None and first <= (now - WEEK * USUAL_MIN_WEEKS).date()
 
 
 BURN_META = "alerts.burn_rate"
@@ -384,3 +464,40 @@ def _record_threads(store: Store, outcomes: list[Outcome]) -> None:
         if _stamp(st.since) == since:
             st.threads[str(o.destination)] = o.ref
             _save(store, st, st.last_notified_at)
+
+
+def burn_readiness(app: App) -> str:
+    """For `check`: where the burn-rate rules get their figures, and whether a `factor` has
+    the 3 weeks of history its usual needs (nothing is written)."""
+    from bot.openrouter import AnalyticsUnavailable
+
+    rules = [r for r in app.config.alerts.rules if r.kind == "burn_rate"]
+    now = app.now()
+    store = app.existing_store()
+    try:
+        with app.client(max_attempts=2) as client:
+            client.key_model_spend(now - dt.timedelta(minutes=15), now, [], "minute")
+        minutes, why = True, ""
+    except AnalyticsUnavailable as exc:
+        minutes, why = False, exc.reason.split(" ", 1)[0]
+    if minutes:
+        source = "minute data from the analytics API"
+    else:
+        source = (f"keys' usage between checks (no minute data: analytics API {why})"
+                  + ("; per: model rules need minute data and say nothing"
+                     if any(r.per == "model" for r in rules) else ""))
+    if not any(r.factor is not None for r in rules):
+        return source
+    if minutes:
+        start = now.date() - DAY * SPAN_DAYS
+        rows = store.activity(start, now.date(), "") if store is not None else []
+        if _weeks_of_history(rows, now):
+            first = min(r.date for r in rows if r.cost > 0)
+            return f"{source}; factor: enough history (spend since {first} or before)"
+        return (f"{source}; factor: not enough history yet (its usual needs 3 weeks of spend "
+                "in history; run `openrouter-usage sync`): only above_usd_per_hour counts")
+    state = BurnState.from_json(store.get_meta(BURN_META) if store is not None else None)
+    hour = dt.timedelta(hours=1)
+    known = sum(state.usual("account", now + hour * i) is not None for i in range(168))
+    return (f"{source}; factor: the usual is known for {known} of the 168 hours of the week "
+            "(each needs checks in that hour in 3 of the last 4 weeks)")

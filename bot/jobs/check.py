@@ -84,6 +84,10 @@ def checks(app: App) -> list[Check]:
         return f"{app.storage_name()} (last sync: {fmt.as_of(last) if last else 'never'})"
 
     out.append(Check("History database", history))
+    if any(r.kind == "burn_rate" for r in cfg.alerts.rules):
+        from bot.jobs.alerts import burn_readiness
+
+        out.append(Check("Burn rate", lambda: burn_readiness(app)))
     dests = _all_destinations(app)
     kinds = {d.kind for d in dests}
     transports = app.transports()  # senders are created only when a check uses them
