@@ -201,3 +201,38 @@ def test_workspace_scope_in_config() -> None:
         rules("{kind: budget, amount_usd: 10, per: key, workspace: x}")
     with pytest.raises(ConfigError, match=r"alerts.rules\[0\].per"):
         rules("{kind: spike, factor: 3, per: workspace}")
+
+
+def test_a_budget_already_over_names_the_day_it_was_crossed(fake_openrouter, fake_slack,
+                                                            tmp_path: Path) -> None:
+    """$100 a day against a $1,000 monthly budget: the 11th takes the month past it; the
+    forecast checked on the 14th names the 11th (from history), not the 14th. The same for a
+    key whose monthly limit ran out on the 7th."""
+    world = make_world(tmp_path, fake_openrouter, """
+  to: ["slack:#alerts"]
+  rules:
+    - {kind: budget, name: month, amount_usd: 1000, period: month, forecast: true,
+       notify_at: [100]}
+    - {kind: key_limit, name: limit, forecast: true}
+""", slack=fake_slack)
+    t = world.timeline
+    t.key("agents", limit=280, limit_remaining=0, limit_reset="monthly")
+    for day in each_day(dt.date(2026, 10, 1), dt.date(2026, 11, 14)):
+        t.spend(day, "agents", "anthropic/claude-sonnet-4", 40)
+        t.spend(day, "batch", "openai/gpt-4o-mini", 60)
+    now = dt.datetime(2026, 11, 14, 12, 0, tzinfo=dt.UTC)
+    result = run_alerts(world.app(now))
+    fired = {e.obs.rule.id + " " + e.obs.aspect: e.obs for e, _ in result.events
+             if e.action == "fire"}
+    budget = fired["month forecast"]
+    # $100 a day: through the 10th $1,000 exactly, the 11th takes it over
+    assert budget.facts["already_over"] and budget.facts["crossing"] == dt.date(2026, 11, 11)
+    key = fired["limit forecast"]
+    # $40 a day against $280: used up on the 7th (the limit restarts with the month)
+    assert key.facts["already_over"] and key.facts["crossing"] == dt.date(2026, 11, 7)
+    texts = slack_texts(fake_slack)
+    assert any("The account passed the $1,000.00 monthly budget on Wed 2026-11-11: $1,350.00 "
+               "so far in November 2026 (UTC)" in x for x in texts)
+    assert any("API key agents reached its $280.00 limit on Sat 2026-11-07 (UTC); it resets "
+               "monthly" in x for x in texts)
+    assert not any("on Sat 2026-11-14" in x for x in texts)

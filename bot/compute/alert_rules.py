@@ -273,7 +273,7 @@ def key_limit(rule: AlertRule, data: Inputs, margin: Decimal) -> list[Observatio
                 proj.total <= key.limit * (1 - margin), name=key.display_name,
                 aspect="forecast",
                 facts={**facts, "projection": proj, "crossing": proj.crossing,
-                       "key_hash": key.hash},
+                       "key_hash": key.hash, "already_over": proj.spent >= key.limit},
             ))
     return out
 
@@ -303,9 +303,14 @@ def _limit_projection(
         return None  # no history of the key's own: no pace to project
     pace = forecast.level(daily, data.day)
     weights = forecast.weekday_weights(daily, data.day)
-    return forecast.project(used, limit=key.limit, first=today,
+    proj = forecast.project(used, limit=key.limit, first=today,
                             first_done=forecast.day_fraction(data.as_of), end=end, pace=pace,
                             weights=weights)
+    if used >= key.limit and period:  # used up: the day it was reached in this period
+        crossed = forecast.first_over(daily, span_of(period, today).start, today - DAY,
+                                      key.limit, reach=True)
+        proj = replace(proj, crossing=crossed or proj.crossing)
+    return proj
 
 
 # --- budgets ---------------------------------------------------------------------------------
@@ -397,10 +402,14 @@ def budget(rule: AlertRule, data: Inputs, margin: Decimal) -> list[Observation]:
             pace, weights = s.spent / elapsed, (Decimal(1),) * 7
         proj = forecast.project(s.spent, limit=amount, first=s.first, first_done=s.first_done,
                                 end=span.end, pace=pace, weights=weights)
+        if s.spent > amount:  # already over: the day it crossed, from history when known
+            crossed = forecast.first_over(daily, span.start, s.first - DAY, amount)
+            proj = replace(proj, crossing=crossed or proj.crossing)
         out.append(Observation(
             rule, f"{who} {span.key} forecast", proj.total, amount, proj.over,
             proj.total <= amount * (1 - margin), name=s.scope.name, aspect="forecast",
-            facts={**facts, "projection": proj, "crossing": proj.crossing},
+            facts={**facts, "projection": proj, "crossing": proj.crossing,
+                   "already_over": s.spent > amount},
         ))
     return out
 

@@ -148,3 +148,17 @@ def project(
             crossing = day
         day += DAY
     return Projection(spent, total, limit, crossing, pace, end)
+
+
+def first_over(daily: Mapping[dt.date, Decimal], start: dt.date, end: dt.date,
+               limit: Decimal, *, reach: bool = False) -> dt.date | None:
+    """The first UTC day in `start`..`end` on which the running total of `daily` passed
+    `limit` (with `reach`, reached it: a key's limit stops it there); None when it did not:
+    the day a budget or limit was actually crossed."""
+    total, day = ZERO, start
+    while day <= end:
+        total += daily.get(day, ZERO)
+        if total > limit or (reach and total >= limit):
+            return day
+        day += DAY
+    return None
