@@ -367,11 +367,11 @@ def run_daemon(app: App) -> int:
             daemon.setup()
             break
         except DataError as exc:
-            if daemon.stopping:
-                return 0
             log.error("cannot start yet: %s; trying again in %ds", exc, START_RETRY_SECONDS)
             daemon.slots.clear()
-            daemon.sleep(START_RETRY_SECONDS)
-            if daemon.stopping:
-                return 0
+            for _ in range(START_RETRY_SECONDS):  # a second at a time: SIGTERM stops it
+                if daemon.stopping:
+                    log.info("daemon stopped")
+                    return 0
+                daemon.sleep(1)
     return daemon.loop()

@@ -263,3 +263,32 @@ def test_daemon_jobs_survive_a_lost_database_connection(
     assert daemon.run_job("sync", daemon.sync)  # ...and the next one runs on a new connection
     assert daemon.leader
     daemon.app.close()
+
+
+def test_daemon_waits_for_a_database_that_is_not_up_yet(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.pg_server import free_port
+
+    url = f"postgresql://bot:secret-pw-1@127.0.0.1:{free_port()}/usage?connect_timeout=2"
+    config = write(tmp_path, f"storage: {{url: '{url}'}}\nreports: {{daily: {{to: [stdout]}}, "
+                             "weekly: {enabled: false}}\n")  # the schedule is in the database
+    env = dict(os.environ, OPENROUTER_USAGE_CONFIG=str(config),
+               OPENROUTER_MANAGEMENT_KEY="k" * 20)
+    exe = str(Path(sys.executable).parent / "openrouter-usage")
+    proc = subprocess.Popen([exe, "run"], env=env, cwd=tmp_path, text=True,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    try:
+        assert proc.stderr is not None
+        first = proc.stderr.readline()  # nothing listens on that port: no database yet
+        assert "cannot start yet" in first and "trying again" in first
+        assert proc.poll() is None  # still running, waiting for it
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, rest = proc.communicate(timeout=30)
+    assert proc.returncode == 0
+    assert "secret-pw-1" not in first + rest and "postgresql://bot@127.0.0.1" in first
