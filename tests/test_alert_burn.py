@@ -142,6 +142,10 @@ def test_minute_data_catches_a_runaway_key_and_model_and_knows_the_usual_hour(
     assert account.facts["usual"] == D(6) and account.threshold == D(30)
     assert at == start + MINUTE * 4 and account.value == (D("1.5") + 8) * 4
     assert account.why is not None and account.why.contributors[0].key == "prod-agent"
+    [account_text] = [x for x in slack_texts(fake_slack) if "Alert" in x
+                      and "The account is spending" in x]
+    assert "Top contributors against the usual for this hour:" in account_text
+    assert "prod-agent: $8.00, usually nothing in as long" in account_text
     for rule in ("runaway", "model-burn", "account-burn"):  # after the window moves past it
         assert start + MINUTE * 5 < resolved[rule] <= start + MINUTE * (5 + 15 + 1), rule
     texts = slack_texts(fake_slack)
