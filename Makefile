@@ -27,8 +27,13 @@ lint: $(STAMP_TEST)
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
+# the suite at its default instant, then at 00:10 UTC, 23:58 UTC and on a DST-change day
+# (tests/conftest.py: --clock)
 test: lint postgres-server
 	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest --clock=midnight
+	$(VENV)/bin/pytest --clock=late
+	$(VENV)/bin/pytest --clock=dst
 
 # The store's tests also run on a throw-away PostgreSQL server that they start themselves
 # (tests/pg_server.py) from the server binaries; as root on Debian/Ubuntu, install them where

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -23,8 +24,26 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+TEST_NOW = "OPENROUTER_USAGE_TEST_NOW"
+
+
 def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
+    """The time every command runs at: the wall clock, in UTC.
+
+    Test-only hook, not a setting: when the environment variable OPENROUTER_USAGE_TEST_NOW
+    holds an ISO 8601 instant with its offset, the clock is stopped at that instant. The test
+    suite sets it so the CLI, and daemons it starts as subprocesses, run at an hour it chooses.
+    """
+    fixed = os.environ.get(TEST_NOW)
+    if not fixed:
+        return dt.datetime.now(dt.UTC)
+    try:
+        instant = dt.datetime.fromisoformat(fixed)
+    except ValueError:
+        instant = None
+    if instant is None or instant.tzinfo is None:
+        raise ConfigError(f"{TEST_NOW}: expected an ISO 8601 instant with an offset, got {fixed!r}")
+    return instant.astimezone(dt.UTC)
 
 
 @dataclass

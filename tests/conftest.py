@@ -1,16 +1,103 @@
-"""Shared pytest set-up: the local fakes live in their own modules, loaded as plugins."""
+"""Shared pytest set-up: the injected clock, and the local fakes (loaded as plugins).
+
+Every test runs at one chosen instant, never at the wall clock's: `--clock NAME` picks it
+(default `noon`). The instant reaches the code three ways: the `clock` fixture (tests derive
+their dates from it), the test-only variable OPENROUTER_USAGE_TEST_NOW (read by `bot.app.utcnow`,
+so the CLI and daemon subprocesses run at it) and `time-machine`, which moves this process's
+wall clock there too, so anything that still read the real time would be caught out by the
+`midnight`, `late` and `dst` runs that `make test` makes.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from collections.abc import Iterator
+from dataclasses import dataclass
+from zoneinfo import ZoneInfo
 
 import pytest
+import time_machine
+
+from bot.app import TEST_NOW
 
 pytest_plugins = [
     "tests.fake_openrouter", "tests.fake_slack", "tests.fake_smtp", "tests.pg_server",
     "tests.fake_pagerduty", "tests.fake_webhook", "tests.fake_socket_mode",
 ]
+
+UTC = dt.UTC
+SETTLE = dt.timedelta(minutes=30)  # a UTC day's data is complete this long after it ends
+
+
+@dataclass(frozen=True)
+class Clock:
+    """The instant a test run pretends it is, and the time zone the tests' configs name."""
+
+    name: str
+    now: dt.datetime
+    zone: str
+
+    @property
+    def today(self) -> dt.date:
+        """The current UTC day (in progress)."""
+        return self.now.date()
+
+    @property
+    def yesterday(self) -> dt.date:
+        """The last UTC day OpenRouter's /activity answers for."""
+        return self.today - dt.timedelta(days=1)
+
+    @property
+    def digest_day(self) -> dt.date:
+        """The day a digest reports on by default: the latest one ended `SETTLE` ago."""
+        return (self.now - SETTLE).date() - dt.timedelta(days=1)
+
+    def local(self, days: int, at: dt.time) -> dt.datetime:
+        """Wall-clock time `at` in the configured zone, `days` after today there, in UTC."""
+        zone = ZoneInfo(self.zone)
+        day = self.now.astimezone(zone).date() + dt.timedelta(days=days)
+        return dt.datetime.combine(day, at, zone).astimezone(UTC)
+
+
+CLOCKS = {
+    clock.name: clock
+    for clock in (
+        Clock("noon", dt.datetime(2026, 11, 25, 12, 0, tzinfo=UTC), "UTC"),
+        # ten minutes into a UTC day (and a month): yesterday is not settled yet
+        Clock("midnight", dt.datetime(2026, 3, 1, 0, 10, tzinfo=UTC), "UTC"),
+        # two minutes before a UTC day (and a year) ends
+        Clock("late", dt.datetime(2026, 12, 31, 23, 58, tzinfo=UTC), "UTC"),
+        # Berlin's spring-forward day (02:00 CET -> 03:00 CEST), half an hour after the jump
+        Clock("dst", dt.datetime(2026, 3, 29, 1, 30, tzinfo=UTC), "Europe/Berlin"),
+    )
+}
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--clock", choices=sorted(CLOCKS), default="noon",
+        help="the instant (and configured time zone) the suite runs at; default noon",
+    )
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    clock = CLOCKS[config.getoption("--clock")]
+    return f"clock: {clock.name} = {clock.now.isoformat()} (zone {clock.zone})"
+
+
+@pytest.fixture(scope="session")
+def clock(pytestconfig: pytest.Config) -> Clock:
+    return CLOCKS[pytestconfig.getoption("--clock")]
+
+
+@pytest.fixture(autouse=True)
+def _run_at_the_injected_clock(clock: Clock, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The CLI (in process or as a subprocess) and this process's wall clock start at
+    `clock.now`; the wall clock ticks on from there, the CLI's stays put."""
+    monkeypatch.setenv(TEST_NOW, clock.now.isoformat())
+    with time_machine.travel(clock.now, tick=True):
+        yield
 
 
 @pytest.fixture(autouse=True)

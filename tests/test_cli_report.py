@@ -15,15 +15,16 @@ from typing import Any
 import pytest
 
 from bot.cli import main
+from tests.conftest import Clock
 from tests.fake_openrouter import MANAGEMENT_KEY, FakeOpenRouter, sample_org
-
-YESTERDAY = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)
 
 
 @pytest.fixture()
-def org(fake_openrouter: FakeOpenRouter, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """The fake serving a sample org whose last day is yesterday, and a clean environment."""
-    data = sample_org(last_day=YESTERDAY, days=3)
+def org(fake_openrouter: FakeOpenRouter, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        clock: Clock):
+    """The fake serving a sample org whose last day is the clock's yesterday, and a clean
+    environment."""
+    data = sample_org(last_day=clock.yesterday, days=3)
     fake_openrouter.credits = data["credits"]
     fake_openrouter.activity_rows = data["activity"]
     fake_openrouter.key_activity = data["key_activity"]
@@ -58,7 +59,8 @@ def close(a: float, b: Decimal) -> bool:
     return abs(Decimal(str(a)) - b) <= abs(b) * Decimal("1e-9") + Decimal("1e-12")
 
 
-def test_json_matches_the_api_rows(org: FakeOpenRouter, capsys) -> None:
+def test_json_matches_the_api_rows(org: FakeOpenRouter, capsys, clock: Clock) -> None:
+    yesterday = clock.yesterday
     code, out, err = run(capsys, "report", "--json")
     assert code == 0, err
     doc = json.loads(out)
@@ -70,8 +72,8 @@ def test_json_matches_the_api_rows(org: FakeOpenRouter, capsys) -> None:
         assert close(doc["totals"][name], want[name]), name
     c = org.credits
     assert close(doc["credits"]["remaining"], D(c["total_credits"]) - D(c["total_usage"]))
-    assert doc["period"] == {"from": str(YESTERDAY - dt.timedelta(days=29)),
-                             "to": str(YESTERDAY)}
+    assert doc["period"] == {"from": str(yesterday - dt.timedelta(days=29)),
+                             "to": str(yesterday)}
     assert len(doc["activity"]) == len(org.activity_rows)
     assert all(len(r["date"]) == 10 for r in doc["activity"])  # both formats normalised
     assert all(r["reasoning_tokens"] is not None for r in doc["activity"])  # nulls -> 0
@@ -130,22 +132,23 @@ def test_csv_one_line_per_row(org: FakeOpenRouter, capsys) -> None:
     assert org.requests_to("/credits") == []
 
 
-def test_date_days_and_range(org: FakeOpenRouter, capsys) -> None:
-    code, out, _ = run(capsys, "report", "--json", "--date", str(YESTERDAY))
+def test_date_days_and_range(org: FakeOpenRouter, capsys, clock: Clock) -> None:
+    yesterday = clock.yesterday
+    code, out, _ = run(capsys, "report", "--json", "--date", str(yesterday))
     assert code == 0
     doc = json.loads(out)
-    assert {r["date"] for r in doc["activity"]} == {str(YESTERDAY)}
-    assert org.requests_to("/activity")[-1].query.get("date") == str(YESTERDAY)
-    want = expected_totals([r for r in org.activity_rows if r["date"][:10] == str(YESTERDAY)])
+    assert {r["date"] for r in doc["activity"]} == {str(yesterday)}
+    assert org.requests_to("/activity")[-1].query.get("date") == str(yesterday)
+    want = expected_totals([r for r in org.activity_rows if r["date"][:10] == str(yesterday)])
     assert close(doc["totals"]["cost"], want["cost"])
 
     code, out, _ = run(capsys, "report", "--json", "--days", "2", "--no-credits")
     doc = json.loads(out)
     assert doc["credits"] is None
-    assert doc["period"]["from"] == str(YESTERDAY - dt.timedelta(days=1))
-    assert {r["date"] for r in doc["activity"]} == {str(YESTERDAY), str(YESTERDAY -
-                                                                         dt.timedelta(days=1))}
-    start = YESTERDAY - dt.timedelta(days=2)
+    assert doc["period"]["from"] == str(yesterday - dt.timedelta(days=1))
+    assert {r["date"] for r in doc["activity"]} == {
+        str(yesterday), str(yesterday - dt.timedelta(days=1))}
+    start = yesterday - dt.timedelta(days=2)
     code, out, _ = run(capsys, "report", "--json", "--from", str(start), "--to", str(start))
     assert {r["date"] for r in json.loads(out)["activity"]} == {str(start)}
 
@@ -231,9 +234,10 @@ def test_sync_twice_stores_nothing_twice(org: FakeOpenRouter, capsys) -> None:
 
 
 def test_old_ranges_come_from_history_and_say_what_is_missing(
-    org: FakeOpenRouter, capsys, tmp_path: Path
+    org: FakeOpenRouter, capsys, tmp_path: Path, clock: Clock
 ) -> None:
-    start = YESTERDAY - dt.timedelta(days=39)
+    yesterday = clock.yesterday
+    start = yesterday - dt.timedelta(days=39)
     code, out, err = run(capsys, "report", "--from", str(start), "--json")
     assert code == 0
     doc = json.loads(out)
@@ -245,15 +249,15 @@ def test_old_ranges_come_from_history_and_say_what_is_missing(
     from bot.store import Store, connect
     from tests.rows import row
 
-    old_day = str(YESTERDAY - dt.timedelta(days=35))
+    old_day = str(yesterday - dt.timedelta(days=35))
     store = Store(connect(tmp_path / "state" / "openrouter-usage" / "history.db"))
-    as_of = dt.datetime.combine(YESTERDAY - dt.timedelta(days=19), dt.time(12), dt.UTC)
+    as_of = dt.datetime.combine(yesterday - dt.timedelta(days=19), dt.time(12), dt.UTC)
     store.save_snapshot(Snapshot(as_of=as_of, activity=[row(old_day, usage="7.25")]))
     store.conn.close()
     code, out, err = run(capsys, "report", "--from", str(start), "--json")
     doc = json.loads(out)
     assert len(doc["missing_days"]) == 0 and err == ""
-    old_only = YESTERDAY - dt.timedelta(days=35)
+    old_only = yesterday - dt.timedelta(days=35)
     asked = len(org.requests_to("/activity"))
     code, out, _ = run(capsys, "report", "--date", str(old_only), "--json")
     assert code == 0 and len(org.requests_to("/activity")) == asked  # history alone answers

@@ -1,4 +1,8 @@
-"""The `run` daemon: catch-up, failing jobs, the lease, and a real subprocess with SIGTERM."""
+"""The `run` daemon: catch-up, failing jobs, the lease, and a real subprocess with SIGTERM.
+
+Times are wall-clock times in the configured zone on the injected clock's day (`clock.local`),
+so the same tests hold on a DST-change day.
+"""
 
 from __future__ import annotations
 
@@ -8,28 +12,28 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 
 from bot.app import App
 from bot.config import load_config
 from bot.scheduler import Daemon, last_slot
+from tests.conftest import Clock
 from tests.fake_openrouter import MANAGEMENT_KEY, FakeOpenRouter, sample_org
 from tests.fake_slack import FakeSlack
 
-NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)
-if NOW.time() < dt.time(0, 40):
-    NOW = NOW.replace(hour=1)
-YESTERDAY = NOW.date() - dt.timedelta(days=1)
+NINE = dt.time(9, 0)
 
 
 @pytest.fixture()
 def setup(fake_openrouter: FakeOpenRouter, fake_slack: FakeSlack, tmp_path: Path,
-          monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
-    org = sample_org(last_day=YESTERDAY, days=10)
+          monkeypatch: pytest.MonkeyPatch, clock: Clock) -> dict[str, Any]:
+    org = sample_org(last_day=clock.yesterday, days=10)
     fake_openrouter.credits = org["credits"]
     fake_openrouter.activity_rows = org["activity"]
     fake_openrouter.key_activity = org["key_activity"]
@@ -40,13 +44,15 @@ def setup(fake_openrouter: FakeOpenRouter, fake_slack: FakeSlack, tmp_path: Path
         "SLACK_BOT_TOKEN": fake_slack.token,
     }
     monkeypatch.chdir(tmp_path)
-    return {"or": fake_openrouter, "slack": fake_slack, "env": env, "tmp": tmp_path}
+    return {"or": fake_openrouter, "slack": fake_slack, "env": env, "tmp": tmp_path,
+            "clock": clock}
 
 
-def write_config(setup: dict[str, Any], at: dt.time, timezone: str = "UTC") -> Path:
+def write_config(setup: dict[str, Any], at: dt.time) -> Path:
+    """A daily digest to Slack at `at` in the clock's zone; no weekly report."""
     path = setup["tmp"] / "config.yaml"
     path.write_text(f"""
-timezone: {timezone}
+timezone: {setup["clock"].zone}
 storage: {{path: {setup["tmp"] / "history.db"}}}
 slack: {{token: "${{SLACK_BOT_TOKEN}}", base_url: "{setup["slack"].base_url}"}}
 reports:
@@ -65,8 +71,9 @@ def daemon_at(setup: dict[str, Any], config: Path, now: dt.datetime) -> Daemon:
 
 
 def test_first_start_waits_for_the_next_slot_then_catches_up_after_downtime(setup) -> None:
-    config = write_config(setup, dt.time(9, 0))
-    start = dt.datetime.combine(NOW.date(), dt.time(22, 0), dt.UTC)
+    clock = setup["clock"]
+    config = write_config(setup, NINE)
+    start = clock.local(0, dt.time(22, 0))
     daemon = daemon_at(setup, config, start)
     daemon.check_slots()
     assert setup["slack"].posts == []  # first start 13 h after the slot: not sent that late
@@ -74,22 +81,22 @@ def test_first_start_waits_for_the_next_slot_then_catches_up_after_downtime(setu
 
     # the daemon was down over the next day's 09:00; restarted at 01:00 the day after, it
     # sends that one once
-    later = start + dt.timedelta(days=1, hours=3)
+    later = clock.local(2, dt.time(1, 0))
     daemon = daemon_at(setup, config, later)
     daemon.check_slots()
     daemon.check_slots()
     assert len(setup["slack"].posts) == 1
     daemon.app.close()
     # and another restart the same day sends nothing more
-    daemon = daemon_at(setup, config, later + dt.timedelta(hours=1))
+    daemon = daemon_at(setup, config, clock.local(2, dt.time(4, 0)))
     daemon.check_slots()
     assert len(setup["slack"].posts) == 1
     daemon.app.close()
 
 
 def test_first_start_soon_after_the_slot_sends_it(setup) -> None:
-    config = write_config(setup, dt.time(9, 0))
-    start = dt.datetime.combine(NOW.date(), dt.time(10, 0), dt.UTC)  # deployed an hour late
+    config = write_config(setup, NINE)
+    start = setup["clock"].local(0, dt.time(10, 0))  # deployed an hour late
     daemon = daemon_at(setup, config, start)
     daemon.check_slots()
     daemon.check_slots()
@@ -101,14 +108,14 @@ def test_a_failing_job_is_logged_and_retried_without_stopping_others(
     setup, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="bot")
-    config = write_config(setup, dt.time(9, 0))
-    start = dt.datetime.combine(NOW.date(), dt.time(8, 0), dt.UTC)
-    daemon = daemon_at(setup, config, start)
+    clock = setup["clock"]
+    config = write_config(setup, NINE)
+    daemon = daemon_at(setup, config, clock.local(0, dt.time(8, 0)))
     setup["or"].fail_next("/credits", 401, n=1000)
     sync = daemon.wrapped("sync", daemon.sync)
     sync()  # raises inside; wrapped logs one line and returns
     assert "job sync failed" in caplog.text
-    daemon.app.now = lambda: start + dt.timedelta(hours=2)  # 10:00, the 09:00 slot is due
+    daemon.app.now = lambda: clock.local(0, dt.time(10, 0))  # the 09:00 slot is due
     daemon.check_slots()
     assert "job daily (slot" in caplog.text and "failed" in caplog.text
     assert setup["slack"].posts == []
@@ -117,7 +124,7 @@ def test_a_failing_job_is_logged_and_retried_without_stopping_others(
     setup["or"].faults.clear()
     daemon.check_slots()  # before retry_at: not yet
     assert setup["slack"].posts == []
-    daemon.app.now = lambda: start + dt.timedelta(hours=2, minutes=6)
+    daemon.app.now = lambda: clock.local(0, dt.time(10, 6))  # past the 5-minute retry
     daemon.check_slots()
     assert len(setup["slack"].posts) == 1
     daemon.app.close()
@@ -139,13 +146,14 @@ def test_a_digest_sent_by_the_daemon_logs_one_info_line(
 
 
 def test_two_daemons_on_one_database_never_both_send(setup) -> None:
-    config = write_config(setup, dt.time(9, 0))
-    start = dt.datetime.combine(NOW.date(), dt.time(8, 0), dt.UTC)
+    clock = setup["clock"]
+    config = write_config(setup, NINE)
+    start = clock.local(0, dt.time(8, 0))
     first = daemon_at(setup, config, start)
     second = daemon_at(setup, config, start)
     assert first.hold_lease() and not second.hold_lease()
     for d in (first, second):
-        d.app.now = lambda: start + dt.timedelta(hours=2)
+        d.app.now = lambda: clock.local(0, dt.time(10, 0))
     second.check_slots()
     first.check_slots()
     second.check_slots()
@@ -154,49 +162,73 @@ def test_two_daemons_on_one_database_never_both_send(setup) -> None:
         d.app.close()
 
 
-def stop(proc: subprocess.Popen[str], signum: int) -> str:
-    """Send `signum`, wait for the exit (killing it if it hangs) and return its stderr."""
-    proc.send_signal(signum)
-    try:
-        return proc.communicate(timeout=30)[1]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+class DaemonProcess:
+    """`openrouter-usage run` as a child process whose stderr is collected as it comes."""
+
+    def __init__(self, env: dict[str, str], cwd: Path) -> None:
+        exe = str(Path(sys.executable).parent / "openrouter-usage")
+        self.proc = subprocess.Popen([exe, "run"], env=env, cwd=cwd, text=True,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.lines: list[str] = []
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        with self.proc.stderr:
+            for line in self.proc.stderr:
+                self.lines.append(line)
+
+    def wait_for(self, text: str, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while not any(text in line for line in self.lines):
+            assert self.proc.poll() is None, "".join(self.lines)
+            assert time.monotonic() < deadline, f"no {text!r} in: {''.join(self.lines)}"
+            time.sleep(0.02)
+
+    def stop(self, signum: int) -> str:
+        """Send `signum`, wait for the exit (killing it if it hangs) and return its stderr."""
+        self.proc.send_signal(signum)
+        try:
+            self.proc.wait(timeout=30)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+        self.reader.join(timeout=5)
+        return "".join(self.lines)
 
 
 def test_run_subprocess_sends_once_stops_on_sigterm_and_restarts_without_duplicate(
     setup,
 ) -> None:
-    at = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=6)).time().replace(microsecond=0)
+    # the slot passed an hour ago (the daemon runs at the injected clock, passed to it in
+    # OPENROUTER_USAGE_TEST_NOW): the first start catches it up at once, no waiting
+    clock = setup["clock"]
+    at = (clock.now - dt.timedelta(hours=1)).astimezone(ZoneInfo(clock.zone)).time()
     config = write_config(setup, at)
     env = dict(os.environ, **setup["env"], OPENROUTER_USAGE_CONFIG=str(config))
-    exe = str(Path(sys.executable).parent / "openrouter-usage")
 
-    def start() -> subprocess.Popen[str]:
-        return subprocess.Popen([exe, "run"], env=env, cwd=setup["tmp"], text=True,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-
-    proc = start()
+    daemon = DaemonProcess(env, setup["tmp"])
     try:
-        deadline = time.monotonic() + 40
-        while time.monotonic() < deadline and not setup["slack"].posts:
-            time.sleep(0.2)
-        assert len(setup["slack"].posts) == 1
-        time.sleep(1.5)
+        daemon.wait_for("job daily (slot")
     finally:
-        err = stop(proc, signal.SIGTERM)
-    assert proc.returncode == 0, err
+        err = daemon.stop(signal.SIGTERM)
+    assert daemon.proc.returncode == 0, err
+    assert len(setup["slack"].posts) == 1
     assert "job daily (slot" in err and " ok in " in err and "daemon stopped" in err
     assert "job sync ok in" in err
     assert MANAGEMENT_KEY not in err and setup["slack"].token not in err
 
-    proc = start()
+    # a signal only stops the loop between jobs: the start-up round (sync, outbox, the slot
+    # check that would catch up a missed digest) still runs to the end before it exits
+    daemon = DaemonProcess(env, setup["tmp"])
     try:
-        time.sleep(4)
+        daemon.wait_for("daemon started")
     finally:
-        err = stop(proc, signal.SIGINT)
-    assert proc.returncode == 0, err
+        err = daemon.stop(signal.SIGINT)
+    assert daemon.proc.returncode == 0, err
+    assert "job outbox ok in" in err and "daemon stopped" in err
     assert len(setup["slack"].posts) == 1  # no duplicate after the restart
 
 
@@ -212,20 +244,20 @@ def test_a_locked_database_fails_the_job_not_the_daemon(
     import sqlite3
 
     caplog.set_level(logging.INFO, logger="bot")
-    config = write_config(setup, dt.time(9, 0))
-    start = dt.datetime.combine(NOW.date(), dt.time(8, 0), dt.UTC)
-    daemon = daemon_at(setup, config, start)
+    clock = setup["clock"]
+    config = write_config(setup, NINE)
+    daemon = daemon_at(setup, config, clock.local(0, dt.time(8, 0)))
     daemon.app.store().conn.execute("PRAGMA busy_timeout = 50")
     other = sqlite3.connect(setup["tmp"] / "history.db", isolation_level=None)
     other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
     daemon.wrapped("sync", daemon.sync)()
-    daemon.app.now = lambda: start + dt.timedelta(hours=2)
+    daemon.app.now = lambda: clock.local(0, dt.time(10, 0))
     daemon.check_slots()
     assert "job sync failed" in caplog.text and "database is locked" in caplog.text
     assert "job daily (slot" in caplog.text and setup["slack"].posts == []
     other.execute("ROLLBACK")
     other.close()
-    daemon.app.now = lambda: start + dt.timedelta(hours=2, minutes=6)
+    daemon.app.now = lambda: clock.local(0, dt.time(10, 6))
     daemon.check_slots()
     assert len(setup["slack"].posts) == 1
     daemon.app.close()

@@ -20,21 +20,21 @@ from bot.cli import main
 from bot.config import load_config
 from bot.models import DestinationKind, Status
 from bot.render import fmt
+from tests.conftest import Clock
 from tests.fake_openrouter import MANAGEMENT_KEY, FakeOpenRouter, sample_org
 from tests.fake_slack import FakeSlack
 from tests.fake_smtp import PASSWORD, USERNAME, SmtpServer
 
-NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)
-if NOW.time() < dt.time(0, 40):  # keep "yesterday" a completed, settled day
-    NOW = NOW.replace(hour=1)
-YESTERDAY = NOW.date() - dt.timedelta(days=1)
 EVIL = "<!channel> <@U1> <https://evil.example|click> <script>alert(1)</script>"
 
 
 @pytest.fixture()
 def world(fake_openrouter: FakeOpenRouter, fake_slack: FakeSlack, smtp_tls_server: SmtpServer,
-          tmp_path: Path, monkeypatch: pytest.MonkeyPatch, db_target: str) -> dict[str, Any]:
-    org = sample_org(last_day=YESTERDAY, days=14)
+          tmp_path: Path, monkeypatch: pytest.MonkeyPatch, db_target: str,
+          clock: Clock) -> dict[str, Any]:
+    """The fakes serving a 14-day sample org up to the clock's yesterday, and a config that
+    sends the daily digest to Slack and e-mail and has two alert rules that fire."""
+    org = sample_org(last_day=clock.yesterday, days=14)
     org["keys"][1]["name"] = EVIL  # a key with a limit, so key_limit alerts name it too
     fake_openrouter.credits = org["credits"]
     fake_openrouter.activity_rows = org["activity"]
@@ -42,6 +42,7 @@ def world(fake_openrouter: FakeOpenRouter, fake_slack: FakeSlack, smtp_tls_serve
     fake_openrouter.keys = org["keys"]
     config = tmp_path / "config.yaml"
     config.write_text(f"""
+timezone: {clock.zone}
 storage: {{{"url" if db_target.startswith("postgresql:") else "path"}: "{db_target}"}}
 slack:
   token: ${{SLACK_BOT_TOKEN}}
@@ -78,7 +79,8 @@ alerts:
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     return {"or": fake_openrouter, "slack": fake_slack, "smtp": smtp_tls_server,
-            "config": config, "env": env, "tmp": tmp_path, "db": db_target}
+            "config": config, "env": env, "tmp": tmp_path, "db": db_target,
+            "clock": clock}
 
 
 def history_written(target: str) -> bool:
@@ -126,7 +128,7 @@ def test_daily_digest_to_slack_and_mail_once(world, capsys) -> None:
     [post] = slack.posts
     assert post["channel"] == "#ops"
     text = slack_text(post)
-    cost = api_cost(capsys, YESTERDAY)
+    cost = api_cost(capsys, world["clock"].digest_day)
     assert fmt.money(cost) in text  # the digest's figure matches report --json to the cent
     assert "as of" in text.lower() and "UTC" in text
     assert "&lt;!channel&gt;" in text and "<!channel>" not in text
@@ -212,8 +214,9 @@ def test_weekly_mail_has_chart_csv_and_matching_totals(world, capsys) -> None:
     assert images and images[0]["Content-ID"] == "<chart>"
     [csv_part] = [p for p in msg.walk() if p.get_filename() and p.get_filename().endswith(".csv")]
     lines = csv_part.get_content().strip().splitlines()
-    start = YESTERDAY - dt.timedelta(days=6)
-    code, out, _ = cli(capsys, "report", "--json", "--from", str(start), "--to", str(YESTERDAY))
+    end = world["clock"].digest_day
+    start = end - dt.timedelta(days=6)
+    code, out, _ = cli(capsys, "report", "--json", "--from", str(start), "--to", str(end))
     doc = json.loads(out)
     assert len(lines) - 1 == len(doc["activity"])
     week = Decimal(str(doc["totals"]["cost"]))
@@ -221,7 +224,9 @@ def test_weekly_mail_has_chart_csv_and_matching_totals(world, capsys) -> None:
     assert fmt.money(week) in html_part.get_content()
 
 
-def alerts_app(world: dict[str, Any], now: dt.datetime) -> App:
+def alerts_app(world: dict[str, Any], later: dt.timedelta = dt.timedelta(0)) -> App:
+    """An App whose clock stands `later` after the test's clock."""
+    now = world["clock"].now + later
     return App(config=load_config(world["config"], world["env"]), env=world["env"],
                now=lambda: now, sleep=no_wait)
 
@@ -230,7 +235,7 @@ def test_alert_lifecycle_in_slack_threads(world) -> None:
     from bot.jobs.alerts import run_alerts
 
     slack = world["slack"]
-    fired = run_alerts(alerts_app(world, NOW)).events
+    fired = run_alerts(alerts_app(world)).events
     actions = sorted((e.action, e.obs.rule.id) for e, _ in fired)
     assert ("fire", "credits") in actions and ("fire", "limits") in actions
     credit_posts = [p for p in slack.posts if "Low credits" in slack_text(p)]
@@ -244,23 +249,23 @@ def test_alert_lifecycle_in_slack_threads(world) -> None:
     assert "&lt;!channel&gt;" in limit_text and "<!channel>" not in limit_text
 
     # 15 minutes later: still firing, nothing new
-    assert run_alerts(alerts_app(world, NOW + dt.timedelta(minutes=15))).events == []
+    assert run_alerts(alerts_app(world, dt.timedelta(minutes=15))).events == []
     count = len(slack.posts)
 
     # 24 hours later: one repeat per alert, in the first message's thread
-    repeated = run_alerts(alerts_app(world, NOW + dt.timedelta(hours=24))).events
+    repeated = run_alerts(alerts_app(world, dt.timedelta(hours=24))).events
     assert {e.action for e, _ in repeated} == {"repeat"}
     repeat = [p for p in slack.posts[count:] if "Low credits" in slack_text(p)]
     assert len(repeat) == 1 and repeat[0]["thread_ts"] == first_ts
 
     # credits topped up well past the margin: resolved, in the thread and the channel
     world["or"].credits = {"total_credits": 5_000_000, "total_usage": 10}
-    resolved = run_alerts(alerts_app(world, NOW + dt.timedelta(hours=25))).events
+    resolved = run_alerts(alerts_app(world, dt.timedelta(hours=25))).events
     assert [e.obs.rule.id for e, _ in resolved if e.action == "resolve"] == ["credits"]
     last = [p for p in slack.posts if "Resolved" in slack_text(p)]
     assert len(last) == 1 and last[0]["thread_ts"] == first_ts
     assert str(last[0].get("reply_broadcast")).lower() == "true"
-    assert run_alerts(alerts_app(world, NOW + dt.timedelta(hours=26))).events == []
+    assert run_alerts(alerts_app(world, dt.timedelta(hours=26))).events == []
 
 
 def test_alert_while_slack_is_down_is_delivered_at_next_check(world) -> None:
@@ -268,7 +273,7 @@ def test_alert_while_slack_is_down_is_delivered_at_next_check(world) -> None:
 
     slack = world["slack"]
     slack.fail_next("chat.postMessage", 503, n=100)
-    results = run_alerts(alerts_app(world, NOW)).events
+    results = run_alerts(alerts_app(world)).events
     outcomes = [o for _, outs in results for o in outs]
     assert results and all(o.status is Status.FAILED for o in outcomes
                            if o.destination.kind is DestinationKind.SLACK)
@@ -276,12 +281,12 @@ def test_alert_while_slack_is_down_is_delivered_at_next_check(world) -> None:
             if o.destination.kind is DestinationKind.EMAIL] == [Status.SENT]
     assert slack.posts == []
     slack.faults.clear()
-    assert run_alerts(alerts_app(world, NOW + dt.timedelta(minutes=15))).events == []
+    assert run_alerts(alerts_app(world, dt.timedelta(minutes=15))).events == []
     fired = [p for p in slack.posts if "Low credits" in slack_text(p)]
     assert len(fired) == 1  # delivered once, by the retry at the next check
-    run_alerts(alerts_app(world, NOW + dt.timedelta(minutes=30)))
+    run_alerts(alerts_app(world, dt.timedelta(minutes=30)))
     assert len([p for p in slack.posts if "Low credits" in slack_text(p)]) == 1
-    repeated = run_alerts(alerts_app(world, NOW + dt.timedelta(hours=24, minutes=1))).events
+    repeated = run_alerts(alerts_app(world, dt.timedelta(hours=24, minutes=1))).events
     assert any(e.action == "repeat" for e, _ in repeated)
     repeat = [p for p in slack.posts if "Still firing" in slack_text(p)
               and "Low credits" in slack_text(p)]
@@ -314,7 +319,8 @@ def test_check_reports_each_connection(world, capsys) -> None:
 
 
 def test_credits_added_since_the_last_digest(world, capsys) -> None:
-    code, _, _ = cli(capsys, "send", "daily", "--date", str(YESTERDAY - dt.timedelta(days=1)),
+    day_before = world["clock"].digest_day - dt.timedelta(days=1)
+    code, _, _ = cli(capsys, "send", "daily", "--date", str(day_before),
                      "--to", "slack:#ops")
     assert code == 0
     world["or"].credits = dict(world["or"].credits,
@@ -330,8 +336,8 @@ def test_overlapping_alert_runs_do_not_both_notify(world) -> None:
     from bot.errors import BotError
     from bot.jobs.alerts import LEASE, run_alerts
 
-    app = alerts_app(world, NOW)
-    assert app.store().lease_acquire(LEASE, "another-run", NOW, dt.timedelta(minutes=5))
+    app = alerts_app(world)
+    assert app.store().lease_acquire(LEASE, "another-run", app.now(), dt.timedelta(minutes=5))
     with pytest.raises(BotError, match="another alerts run is in progress"):
         run_alerts(app)
     assert world["slack"].posts == []
@@ -351,7 +357,8 @@ def test_already_sent_needs_no_openrouter_and_stdout_gets_the_digest(world, caps
 def test_today_so_far_counts_only_keys_that_still_exist(world, capsys) -> None:
     keys = world["or"].keys
     live = [k for k in keys if not k["disabled"]]
-    cli(capsys, "send", "daily", "--date", str(YESTERDAY - dt.timedelta(days=1)), "--to",
+    day_before = world["clock"].digest_day - dt.timedelta(days=1)
+    cli(capsys, "send", "daily", "--date", str(day_before), "--to",
         "slack:#ops")
     world["or"].keys = [k for k in keys if k is not live[0]]  # a key is deleted
     code, _, _ = cli(capsys, "send", "daily", "--to", "slack:#ops")
