@@ -133,8 +133,8 @@ def test_a_failing_job_is_logged_and_retried_without_stopping_others(
 def test_a_digest_sent_by_the_daemon_logs_one_info_line(
     setup, caplog: pytest.LogCaptureFixture
 ) -> None:
-    config = write_config(setup, dt.time(9, 0))
-    daemon = daemon_at(setup, config, dt.datetime.combine(NOW.date(), dt.time(10, 0), dt.UTC))
+    config = write_config(setup, NINE)
+    daemon = daemon_at(setup, config, setup["clock"].local(0, dt.time(10, 0)))
     assert daemon.hold_lease()
     caplog.set_level(logging.INFO, logger="bot")
     daemon.check_slots()
