@@ -27,13 +27,14 @@ lint: $(STAMP_TEST)
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
-# the suite at its default instant, then at 00:10 UTC, 23:58 UTC and on a DST-change day
-# (tests/conftest.py: --clock)
+# The suite at its default instant, then the tests that take the `clock` fixture again at
+# 00:10 UTC, 23:58 UTC and on a DST-change day (tests/conftest.py; `pytest --clock=midnight`
+# runs the whole suite at one of them).
 test: lint postgres-server
 	$(VENV)/bin/pytest
-	$(VENV)/bin/pytest --clock=midnight
-	$(VENV)/bin/pytest --clock=late
-	$(VENV)/bin/pytest --clock=dst
+	$(VENV)/bin/pytest -m clock --clock=midnight
+	$(VENV)/bin/pytest -m clock --clock=late
+	$(VENV)/bin/pytest -m clock --clock=dst
 
 # The store's tests also run on a throw-away PostgreSQL server that they start themselves
 # (tests/pg_server.py) from the server binaries; as root on Debian/Ubuntu, install them where

@@ -82,21 +82,44 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_report_header(config: pytest.Config) -> str:
-    clock = CLOCKS[config.getoption("--clock")]
+    clock = chosen_clock(config)
     return f"clock: {clock.name} = {clock.now.isoformat()} (zone {clock.zone})"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "clock: the test takes the `clock` fixture (set on collection); `make test` "
+        "runs these again at every other --clock")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        info = getattr(item, "_fixtureinfo", None)
+        defs = info.name2fixturedefs.get("clock", ()) if info is not None else ()
+        if defs and defs[-1].func is clock.__wrapped__:  # ours, not a module's own `clock`
+            item.add_marker(pytest.mark.clock)
+
+
+def chosen_clock(config: pytest.Config) -> Clock:
+    return CLOCKS[config.getoption("--clock")]
 
 
 @pytest.fixture(scope="session")
 def clock(pytestconfig: pytest.Config) -> Clock:
-    return CLOCKS[pytestconfig.getoption("--clock")]
+    """The instant this run stands at: derive every date from it."""
+    return chosen_clock(pytestconfig)
 
 
 @pytest.fixture(autouse=True)
-def _run_at_the_injected_clock(clock: Clock, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """The CLI (in process or as a subprocess) and this process's wall clock start at
-    `clock.now`; the wall clock ticks on from there, the CLI's stays put."""
-    monkeypatch.setenv(TEST_NOW, clock.now.isoformat())
-    with time_machine.travel(clock.now, tick=True):
+def _run_at_the_injected_clock(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[None]:
+    """The CLI (in process or as a subprocess) and this process's wall clock start at the
+    chosen instant; the wall clock ticks on from there, the CLI's stays put. (Not through the
+    `clock` fixture: a module may define its own fixture of that name.)"""
+    now = chosen_clock(request.config).now
+    monkeypatch.setenv(TEST_NOW, now.isoformat())
+    with time_machine.travel(now, tick=True):
         yield
 
 
