@@ -30,20 +30,24 @@ TEST_NOW = "OPENROUTER_USAGE_TEST_NOW"
 def utcnow() -> dt.datetime:
     """The time every command runs at: the wall clock, in UTC.
 
-    Test-only hook, not a setting: when the environment variable OPENROUTER_USAGE_TEST_NOW
-    holds an ISO 8601 instant with its offset, the clock is stopped at that instant. The test
-    suite sets it so the CLI, and daemons it starts as subprocesses, run at an hour it chooses.
+    Test-only hook, not a setting: the environment variable OPENROUTER_USAGE_TEST_NOW moves the
+    clock. `INSTANT` (ISO 8601 with an offset) stops it there; `INSTANT@M` makes it read INSTANT
+    when `time.monotonic()` read M (a clock shared by every process on the machine) and run on
+    from there. The test suite sets it so the CLI, and daemons it starts as subprocesses, run
+    at the hour it chooses.
     """
-    fixed = os.environ.get(TEST_NOW)
-    if not fixed:
+    value = os.environ.get(TEST_NOW)
+    if not value:
         return dt.datetime.now(dt.UTC)
+    text, _, mark = value.partition("@")
     try:
-        instant = dt.datetime.fromisoformat(fixed)
+        instant = dt.datetime.fromisoformat(text)
+        since = time.monotonic() - float(mark) if mark else 0.0
     except ValueError:
         instant = None
     if instant is None or instant.tzinfo is None:
-        raise ConfigError(f"{TEST_NOW}: expected an ISO 8601 instant with an offset, got {fixed!r}")
-    return instant.astimezone(dt.UTC)
+        raise ConfigError(f"{TEST_NOW}: expected INSTANT or INSTANT@MONOTONIC, got {value!r}")
+    return instant.astimezone(dt.UTC) + dt.timedelta(seconds=since)
 
 
 @dataclass

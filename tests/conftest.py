@@ -1,17 +1,18 @@
 """Shared pytest set-up: the injected clock, and the local fakes (loaded as plugins).
 
 Every test runs at one chosen instant, never at the wall clock's: `--clock NAME` picks it
-(default `noon`). The instant reaches the code three ways: the `clock` fixture (tests derive
-their dates from it), the test-only variable OPENROUTER_USAGE_TEST_NOW (read by `bot.app.utcnow`,
-so the CLI and daemon subprocesses run at it) and `time-machine`, which moves this process's
-wall clock there too, so anything that still read the real time would be caught out by the
-`midnight`, `late` and `dst` runs that `make test` makes.
+(default `noon`). Tests derive their dates from the `clock` fixture. At the start of each test
+the instant also reaches the code: `time-machine` moves this process's wall clock there, and
+the test-only variable OPENROUTER_USAGE_TEST_NOW (read by `bot.app.utcnow`) moves the CLI's
+clock and that of daemons started as subprocesses; all tick on from there together. `make test`
+runs the tests that take `clock` again at `midnight`, `late` and `dst`.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo
@@ -114,11 +115,11 @@ def clock(pytestconfig: pytest.Config) -> Clock:
 def _run_at_the_injected_clock(
     request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[None]:
-    """The CLI (in process or as a subprocess) and this process's wall clock start at the
-    chosen instant; the wall clock ticks on from there, the CLI's stays put. (Not through the
-    `clock` fixture: a module may define its own fixture of that name.)"""
+    """This process's wall clock, the CLI in process and daemons started as subprocesses all
+    start at the chosen instant and tick on from there together. (Not through the `clock`
+    fixture: a module may define its own fixture of that name.)"""
     now = chosen_clock(request.config).now
-    monkeypatch.setenv(TEST_NOW, now.isoformat())
+    monkeypatch.setenv(TEST_NOW, f"{now.isoformat()}@{time.monotonic()!r}")
     with time_machine.travel(now, tick=True):
         yield
 
