@@ -87,17 +87,32 @@ def pytest_report_header(config: pytest.Config) -> str:
     return f"clock: {clock.name} = {clock.now.isoformat()} (zone {clock.zone})"
 
 
+_chosen: list[Clock] = []
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "clock: the test takes the `clock` fixture (set on collection); `make test` "
-        "runs these again at every other --clock")
+        "runs these again at every other --clock, on SQLite")
+    _chosen[:] = [CLOCKS[config.getoption("--clock")]]
+
+
+def run_clock() -> Clock:
+    """The chosen clock, for a module that needs its instant at import (`NOW = run_clock().now`);
+    a test that can should take the `clock` fixture instead."""
+    return _chosen[0]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the tests that take our `clock` fixture, except their PostgreSQL runs (the time
+    logic lives above the store, so the SQLite runs cover it at every clock)."""
     for item in items:
         info = getattr(item, "_fixtureinfo", None)
         defs = info.name2fixturedefs.get("clock", ()) if info is not None else ()
-        if defs and defs[-1].func is clock.__wrapped__:  # ours, not a module's own `clock`
+        callspec = getattr(item, "callspec", None)
+        on_postgresql = "pg_url" in getattr(item, "fixturenames", ()) or (
+            callspec is not None and callspec.params.get("db_target") == "postgresql")
+        if defs and defs[-1].func is clock.__wrapped__ and not on_postgresql:
             item.add_marker(pytest.mark.clock)
 
 

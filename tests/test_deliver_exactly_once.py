@@ -30,6 +30,7 @@ from bot.deliver.outbox import Outbox, Transports
 from bot.deliver.slack import SlackSender
 from bot.models import Destination, MailMessage, Status
 from bot.store import Store, connect
+from tests.conftest import Clock
 from tests.fake_openrouter import MANAGEMENT_KEY, FakeOpenRouter, sample_org
 from tests.fake_slack import FakeSlack
 from tests.fake_smtp import SmtpServer
@@ -304,17 +305,17 @@ def test_smtp_answer_after_the_timeout_gives_two_copies_with_one_message_id_not_
 
 
 def test_a_daemon_killed_mid_post_is_resolved_by_the_lookup_after_restart(
-    fake_openrouter: FakeOpenRouter, fake_slack: FakeSlack, tmp_path: Path
+    fake_openrouter: FakeOpenRouter, fake_slack: FakeSlack, tmp_path: Path, clock: Clock
 ) -> None:
-    wall = dt.datetime.now(dt.UTC).replace(microsecond=0)
-    org = sample_org(last_day=wall.date() - dt.timedelta(days=2), days=10)
+    now = clock.now  # the daemon runs at it too (OPENROUTER_USAGE_TEST_NOW, inherited)
+    org = sample_org(last_day=now.date() - dt.timedelta(days=2), days=10)
     fake_openrouter.credits = org["credits"]
     fake_openrouter.activity_rows = org["activity"]
     fake_openrouter.key_activity = org["key_activity"]
     fake_openrouter.keys = org["keys"]
     db = tmp_path / "history.db"
     config = tmp_path / "config.yaml"
-    at = (wall - MINUTE).time()  # a slot just passed: the first start sends it
+    at = (now - MINUTE).time()  # a slot just passed: the first start sends it
     config.write_text(f"""
 storage: {{path: {db}}}
 slack: {{token: "${{SLACK_BOT_TOKEN}}", base_url: "{fake_slack.base_url}"}}

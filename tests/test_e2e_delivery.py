@@ -164,7 +164,7 @@ def test_slack_outage_keeps_the_digest_and_delivers_it_later_once(world, capsys)
     assert "email:lead@example.com: sent" in out
     assert slack.posts == [] and len(smtp.messages) == 1
     slack.faults.clear()
-    later = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=2)
+    later = world["clock"].now + dt.timedelta(minutes=2)
     code = main(["send", "daily"], now=lambda: later)
     out = capsys.readouterr().out
     assert code == 0, out

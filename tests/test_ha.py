@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 
 from bot.compute.aggregate import latest_complete_day
+from tests.conftest import Clock
 from tests.fake_openrouter import MANAGEMENT_KEY, FakeOpenRouter, sample_org
 from tests.fake_slack import FakeSlack
 
@@ -100,9 +101,9 @@ def wait_until(check: Callable[[], Any], timeout: float, what: Callable[[], str]
 
 @pytest.fixture()
 def cluster(fake_openrouter: FakeOpenRouter, fake_slack: FakeSlack, pg_url: str,
-            tmp_path: Path) -> Iterator[dict[str, Any]]:
+            tmp_path: Path, clock: Clock) -> Iterator[dict[str, Any]]:
     """Config and environment for daemons sharing one PostgreSQL database; stops them all."""
-    now = dt.datetime.now(dt.UTC)
+    now = clock.now  # the daemons run at it too (OPENROUTER_USAGE_TEST_NOW, inherited)
     org = sample_org(last_day=latest_complete_day(now), days=10)
     fake_openrouter.credits = org["credits"]
     fake_openrouter.activity_rows = org["activity"]

@@ -16,12 +16,11 @@ from pathlib import Path
 import pytest
 
 from bot.cli import main
+from tests.conftest import run_clock
 from tests.fake_openrouter import MANAGEMENT_KEY, FakeOpenRouter, sample_org
 
-NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)
-if NOW.time() < dt.time(0, 40):  # keep "yesterday" a completed, settled day
-    NOW = NOW.replace(hour=1)
-YESTERDAY = NOW.date() - dt.timedelta(days=1)
+NOW = run_clock().now
+YESTERDAY = run_clock().digest_day  # the day a digest sent now reports on
 
 
 def no_wait(seconds: float) -> None:

@@ -16,13 +16,12 @@ from bot.config import load_config
 from bot.jobs.migrate import run_migrate
 from bot.store import Store, connect
 from bot.store.backend import open_db
+from tests.conftest import run_clock
 from tests.fake_openrouter import MANAGEMENT_KEY, FakeOpenRouter, sample_org
 from tests.fake_slack import FakeSlack
 
-NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)
-if NOW.time() < dt.time(0, 40):  # keep "yesterday" a completed, settled day
-    NOW = NOW.replace(hour=1)
-YESTERDAY = NOW.date() - dt.timedelta(days=1)
+NOW = run_clock().now
+YESTERDAY = run_clock().digest_day  # the day a digest sent now reports on
 
 
 @pytest.fixture()
