@@ -351,7 +351,7 @@ def test_lease_between_two_connections(db_target: str) -> None:
     b.conn.close()
 
 
-def test_lease_waits_for_a_writer_instead_of_failing(db_target: str) -> None:
+def test_lease_on_a_locked_database_is_one_clear_error_then_succeeds(db_target: str) -> None:
     a, b = Store(connect(db_target)), Store(connect(db_target))
     b.conn.set_busy_timeout(50)
     with a.conn.write():  # another process mid-write
