@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -48,8 +49,8 @@ def setup(fake_openrouter: FakeOpenRouter, fake_slack: FakeSlack, tmp_path: Path
             "clock": clock}
 
 
-def write_config(setup: dict[str, Any], at: dt.time) -> Path:
-    """A daily digest to Slack at `at` in the clock's zone; no weekly report."""
+def write_config(setup: dict[str, Any], at: dt.time, more: str = "") -> Path:
+    """A daily digest to Slack at `at` in the clock's zone; no weekly report; `more` YAML."""
     path = setup["tmp"] / "config.yaml"
     path.write_text(f"""
 timezone: {setup["clock"].zone}
@@ -59,7 +60,7 @@ reports:
   daily: {{at: "{at:%H:%M:%S}", to: ["slack:#ops"]}}
   weekly: {{enabled: false}}
 sync_every: 1h
-""")
+{more}""")
     return path
 
 
@@ -160,6 +161,63 @@ def test_two_daemons_on_one_database_never_both_send(setup) -> None:
     assert len(setup["slack"].posts) == 1
     for d in (first, second):
         d.app.close()
+
+
+def scheduled(daemon: Daemon, every: dt.timedelta) -> Callable[[], Any]:
+    """The one job the daemon's scheduler runs every `every`."""
+    assert daemon.scheduler is not None
+    [job] = [j for j in daemon.scheduler.get_jobs()
+             if j.unit == "seconds" and j.interval == every.total_seconds()]
+    assert job.job_func is not None
+    return job.job_func
+
+
+def test_the_alerts_job_runs_every_check_every_and_notifies_once_per_alert(
+    setup, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="bot")
+    clock = setup["clock"]
+    config = write_config(setup, NINE, """alerts:
+  check_every: 7m
+  rules: [{kind: low_credits, below_usd: 1000000, name: credits, to: ["slack:#alerts"]}]
+""")
+    daemon = daemon_at(setup, config, clock.now)
+    check = scheduled(daemon, dt.timedelta(minutes=7))
+
+    check()
+    alerts = [p for p in setup["slack"].posts if p["channel"] == "#alerts"]
+    assert len(alerts) == 1 and "credits are low" in alerts[0]["text"]
+    assert "job alerts ok in" in caplog.text and "fire credits" in caplog.text
+
+    caplog.clear()
+    daemon.app.now = lambda: clock.now + dt.timedelta(minutes=7)
+    check()  # still low: nothing new until repeat_every
+    assert [p for p in setup["slack"].posts if p["channel"] == "#alerts"] == alerts
+    assert "job alerts ok in" in caplog.text and "nothing changed" in caplog.text
+    daemon.app.close()
+
+
+def test_the_outbox_job_delivers_a_digest_its_slot_could_not_and_the_slot_retry_adds_none(
+    setup, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="bot")
+    clock = setup["clock"]
+    config = write_config(setup, NINE)
+    daemon = daemon_at(setup, config, clock.local(0, dt.time(10, 0)))
+    setup["slack"].fail_next("chat.postMessage", 503, n=1)
+    daemon.check_slots()  # the 09:00 digest fails: kept pending in the outbox
+    assert setup["slack"].posts == [] and daemon.slots[0].retry_at is not None
+
+    daemon.app.now = lambda: clock.local(0, dt.time(10, 2))  # before the slot's retry
+    scheduled(daemon, dt.timedelta(seconds=60))()  # the outbox job, every minute
+    assert len(setup["slack"].posts) == 1
+    assert "job outbox ok in" in caplog.text and "slack:#ops: sent" in caplog.text
+
+    daemon.app.now = lambda: clock.local(0, dt.time(10, 6))  # the slot's own retry is due
+    daemon.check_slots()
+    assert len(setup["slack"].posts) == 1  # already sent: not posted twice
+    assert daemon.slots[0].retry_at is None
+    daemon.app.close()
 
 
 class DaemonProcess:
