@@ -243,7 +243,7 @@ def test_plan_survives_restart_via_states() -> None:
 
 
 @pytest.mark.parametrize("remaining", ["49.99", "0", "-5"])
-def test_low_credits_edges(remaining: str) -> None:
+def test_low_credits_fires_just_under_the_threshold_at_zero_and_below(remaining: str) -> None:
     assert one(LOW, inputs(remaining=remaining)).firing
 
 

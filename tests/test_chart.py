@@ -53,7 +53,7 @@ def test_png_of_the_right_size() -> None:
     assert size(png) == (600, 260)
 
 
-def test_deterministic() -> None:
+def test_the_same_series_gives_the_same_png_bytes_without_a_version_stamp() -> None:
     a = chart_png(FOURTEEN, title="Daily spend", highlight_from=dt.date(2026, 11, 18))
     b = chart_png(FOURTEEN, title="Daily spend", highlight_from=dt.date(2026, 11, 18))
     assert a == b

@@ -132,7 +132,9 @@ def test_csv_one_line_per_row(org: FakeOpenRouter, capsys) -> None:
     assert org.requests_to("/credits") == []
 
 
-def test_date_days_and_range(org: FakeOpenRouter, capsys, clock: Clock) -> None:
+def test_date_days_and_from_to_report_exactly_those_days(
+    org: FakeOpenRouter, capsys, clock: Clock,
+) -> None:
     yesterday = clock.yesterday
     code, out, _ = run(capsys, "report", "--json", "--date", str(yesterday))
     assert code == 0
@@ -176,7 +178,7 @@ def test_usage_errors_exit_2_with_one_line(org, capsys, argv: list[str], message
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
 
 
-def test_argparse_errors_exit_2(org, capsys) -> None:
+def test_argparse_usage_errors_exit_2_and_help_exits_0(org, capsys) -> None:
     assert run(capsys, "report", "--json", "--csv")[0] == 2
     assert run(capsys, "frobnicate")[0] == 2
     assert run(capsys, "--help")[0] == 0

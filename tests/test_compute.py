@@ -70,7 +70,7 @@ def test_by_key_uses_names_and_falls_back_to_hash() -> None:
     ]
 
 
-def test_change_and_runway() -> None:
+def test_change_is_none_without_a_base_and_runway_is_never_negative() -> None:
     assert aggregate.change(D(110), D(100)) == D("0.1")
     assert aggregate.change(D(5), D(0)) is None  # new
     assert aggregate.change(D(0), D(0)) == 0
@@ -105,7 +105,9 @@ def test_api_window_is_thirty_completed_days() -> None:
         (None, "n/a"),
     ],
 )
-def test_money(value: Decimal | None, text: str) -> None:
+def test_money_is_dollars_and_cents_with_under_a_cent_shown_as_such(
+    value: Decimal | None, text: str,
+) -> None:
     assert fmt.money(value) == text
 
 
@@ -122,7 +124,9 @@ def test_money(value: Decimal | None, text: str) -> None:
         (D("99.95"), D(100), "-0.1%"),
     ],
 )
-def test_change_label(current: Decimal, previous: Decimal, text: str) -> None:
+def test_change_reads_as_a_signed_percentage_or_new(
+    current: Decimal, previous: Decimal, text: str,
+) -> None:
     assert fmt.change(aggregate.change(current, previous)) == text
 
 
@@ -134,7 +138,7 @@ def test_trend_follows_the_change_as_shown(ratio: Decimal | None, trend: str) ->
     assert fmt.trend(ratio) == trend
 
 
-def test_days_label_and_bar() -> None:
+def test_days_label_stops_at_365_and_any_spend_gets_a_bar() -> None:
     assert fmt.days_label(D("12.345")) == "12.3 days"
     assert fmt.days_label(D(400)) == ">365 days"
     assert fmt.days_label(None) == "n/a"

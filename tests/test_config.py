@@ -158,12 +158,12 @@ def test_dotenv_is_read_and_environment_wins(
         ("1h30m", dt.timedelta(minutes=90)),
     ],
 )
-def test_durations(text: str, expected: dt.timedelta) -> None:
+def test_durations_parse_into_timedeltas(text: str, expected: dt.timedelta) -> None:
     assert parse_duration(text) == expected
 
 
 @pytest.mark.parametrize("text", ["", "0s", "5", "1w", "m"])
-def test_bad_durations(text: str) -> None:
+def test_bad_durations_are_config_errors(text: str) -> None:
     with pytest.raises(ConfigError):
         parse_duration(text, "x")
 

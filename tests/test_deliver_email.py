@@ -47,7 +47,7 @@ def free_port() -> int:
 # -- build_mime ----------------------------------------------------------------------------
 
 
-def test_build_mime_structure() -> None:
+def test_mime_is_text_and_html_with_an_inline_chart_and_a_csv_attachment() -> None:
     m = mime()
 
     assert m.get_content_type() == "multipart/mixed"
@@ -82,7 +82,7 @@ def test_build_mime_attachment_and_bodies() -> None:
     assert text is not None and text.get_content() == MAIL.text
 
 
-def test_build_mime_headers() -> None:
+def test_mime_carries_from_to_subject_date_message_id_and_auto_submitted() -> None:
     m = mime(message_id="<weekly-2024-04-29.email-ops@usage.example.com>")
 
     assert m["From"] == SENDER
@@ -122,7 +122,7 @@ def test_build_mime_subject_cannot_inject_headers() -> None:
     assert m["Bcc"] is None
 
 
-def test_settings_ports_and_validation() -> None:
+def test_the_port_follows_security_and_bad_settings_are_config_errors() -> None:
     assert EmailConfig(host="h").effective_port == 587
     assert EmailConfig(host="h", security="ssl").effective_port == 465
     assert EmailConfig(host="h", security="none").effective_port == 25
@@ -143,7 +143,9 @@ def plain(server: SmtpServer, **kwargs: object) -> EmailConfig:
     return EmailConfig(**options)
 
 
-def test_send_plain(smtp_server: SmtpServer, caplog: pytest.LogCaptureFixture) -> None:
+def test_send_without_tls_delivers_returns_the_message_id_and_warns_once(
+    smtp_server: SmtpServer, caplog: pytest.LogCaptureFixture,
+) -> None:
     m = mime(message_id="<one@example.com>")
     sender = SmtpSender(plain(smtp_server))
 
@@ -165,7 +167,7 @@ def test_send_plain(smtp_server: SmtpServer, caplog: pytest.LogCaptureFixture) -
     assert caplog.text.count("goes unencrypted") == 1
 
 
-def test_send_with_login(smtp_auth_server: SmtpServer) -> None:
+def test_send_logs_in_when_a_username_is_set(smtp_auth_server: SmtpServer) -> None:
     settings = plain(
         smtp_auth_server,
         username=smtp_auth_server.username,
@@ -254,7 +256,7 @@ def test_starttls_not_offered_is_delivery_error(smtp_server: SmtpServer) -> None
         SmtpSender(settings).send(mime(), TO)
 
 
-def test_implicit_tls(smtps_server: SmtpServer) -> None:
+def test_ssl_security_sends_over_implicit_tls_and_logs_in(smtps_server: SmtpServer) -> None:
     settings = EmailConfig(
         host=smtps_server.host,
         port=smtps_server.port,
@@ -271,7 +273,7 @@ def test_implicit_tls(smtps_server: SmtpServer) -> None:
     assert got.tls and got.login == smtps_server.username
 
 
-def test_connection_refused() -> None:
+def test_connection_refused_is_one_delivery_error_line() -> None:
     port = free_port()
     settings = EmailConfig(host="127.0.0.1", port=port, security="none", timeout=5)
     with pytest.raises(DeliveryError) as info:
@@ -290,7 +292,9 @@ def test_partly_refused_recipients_are_named(smtp_server: SmtpServer) -> None:
     assert got.rcpt_tos == ["alice@example.com"]
 
 
-def test_all_recipients_refused(smtp_server: SmtpServer) -> None:
+def test_all_recipients_refused_is_a_delivery_error_and_nothing_is_sent(
+    smtp_server: SmtpServer,
+) -> None:
     to = [f"a@{REFUSED_DOMAIN}", f"b@{REFUSED_DOMAIN}"]
     with pytest.raises(DeliveryError, match="all recipients refused: a@refused.example"):
         SmtpSender(plain(smtp_server)).send(mime(recipients=to), to)
@@ -346,7 +350,9 @@ def test_the_deadline_also_bounds_check(trickle_smtp: SmtpServer) -> None:
 # -- check ---------------------------------------------------------------------------------
 
 
-def test_check_starttls_login(smtp_tls_server: SmtpServer) -> None:
+def test_check_reports_starttls_and_the_login_and_sends_nothing(
+    smtp_tls_server: SmtpServer,
+) -> None:
     settings = EmailConfig(
         host=smtp_tls_server.host,
         port=smtp_tls_server.port,
@@ -361,13 +367,13 @@ def test_check_starttls_login(smtp_tls_server: SmtpServer) -> None:
     assert smtp_tls_server.messages == []
 
 
-def test_check_plain(smtp_server: SmtpServer) -> None:
+def test_check_reports_no_tls_and_no_login(smtp_server: SmtpServer) -> None:
     assert SmtpSender(plain(smtp_server)).check() == (
         f"127.0.0.1:{smtp_server.port} (no TLS), no login"
     )
 
 
-def test_check_wrong_password(smtp_auth_server: SmtpServer) -> None:
+def test_check_with_a_wrong_password_fails_without_showing_it(smtp_auth_server: SmtpServer) -> None:
     settings = plain(smtp_auth_server, username="reports@example.com", password="nope-nope")
     with pytest.raises(DeliveryError, match="login refused") as info:
         SmtpSender(settings).check()

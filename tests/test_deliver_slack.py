@@ -142,7 +142,7 @@ def test_retry_after_as_an_http_date_counts_from_the_answers_date(
     assert 28 <= waited <= 32 and len(fake_slack.posts) == 1
 
 
-def test_retry_after_parsing() -> None:
+def test_retry_after_reads_seconds_and_dates_and_defaults_to_one_second() -> None:
     date = "Wed, 21 Oct 2026 07:28:00 GMT"
     assert retry_after({"Retry-After": "Wed, 21 Oct 2026 07:28:10 GMT", "Date": date}) == 10
     assert retry_after({"retry-after": ["2"]}) == 2
@@ -296,7 +296,7 @@ def test_channel_not_found_names_the_channel(fake_slack: FakeSlack) -> None:
     assert len(fake_slack.calls_to("chat.postMessage")) == 1
 
 
-def test_invalid_token(fake_slack: FakeSlack) -> None:
+def test_an_invalid_token_is_one_error_line_without_the_token(fake_slack: FakeSlack) -> None:
     bad = "xoxb-wrong-secret-value"
     with pytest.raises(DeliveryError) as info:
         sender(fake_slack, token=bad).post("#ops", MSG)
@@ -390,7 +390,7 @@ def test_a_lookup_that_fails_for_now_posts_nothing(fake_slack: FakeSlack) -> Non
 # --- webhooks -----------------------------------------------------------------------------
 
 
-def test_webhook_success(fake_slack: FakeSlack) -> None:
+def test_webhook_posts_text_and_blocks_without_the_bot_token(fake_slack: FakeSlack) -> None:
     assert sender(fake_slack).post("webhook", MSG) == ""
 
     [hook] = fake_slack.webhook_posts
@@ -444,7 +444,7 @@ def test_webhook_unknown_outcome_is_not_retried_and_says_at_least_once(
     assert len(fake_slack.calls_to("webhook")) == 1 and len(fake_slack.webhook_posts) == 1
 
 
-def test_webhook_not_configured() -> None:
+def test_webhook_without_webhook_url_is_a_config_error() -> None:
     s = SlackSender(token="xoxb-x", base_url="http://127.0.0.1:9/api/")
     with pytest.raises(ConfigError, match="slack.webhook_url"):
         s.post("webhook", MSG)
@@ -496,16 +496,16 @@ def test_failed_chart_upload_is_a_warning_not_a_failure(
 # --- checks -------------------------------------------------------------------------------
 
 
-def test_auth_test(fake_slack: FakeSlack) -> None:
+def test_auth_test_names_the_team_and_the_bot(fake_slack: FakeSlack) -> None:
     assert sender(fake_slack).auth_test() == "Acme (T0001) / usage-bot (U0BOT)"
 
 
-def test_auth_test_invalid_token(fake_slack: FakeSlack) -> None:
+def test_auth_test_with_an_invalid_token_fails_in_one_line(fake_slack: FakeSlack) -> None:
     with pytest.raises(DeliveryError, match=r"^Slack auth.test failed: invalid_auth$"):
         sender(fake_slack, token="xoxb-nope").auth_test()
 
 
-def test_auth_test_webhook_only(fake_slack: FakeSlack) -> None:
+def test_auth_test_with_only_a_webhook_says_so(fake_slack: FakeSlack) -> None:
     assert "webhook" in SlackSender(webhook_url=fake_slack.webhook_url).auth_test()
 
 
@@ -521,7 +521,9 @@ def test_auth_test_webhook_only(fake_slack: FakeSlack) -> None:
         ("webhook", True, "incoming webhook configured"),
     ],
 )
-def test_can_post(fake_slack: FakeSlack, channel: str, ok: bool, reason: str) -> None:
+def test_can_post_says_whether_the_bot_can_post_there_and_why(
+    fake_slack: FakeSlack, channel: str, ok: bool, reason: str,
+) -> None:
     result, why = sender(fake_slack).can_post(channel)
     assert result is ok
     assert why.startswith(reason)

@@ -119,7 +119,7 @@ def test_row_money_is_exact_from_numbers_and_strings() -> None:
     assert parse_activity_row(raw_row(requests=3.0)).requests == 3
 
 
-def test_parse_key_and_credits() -> None:
+def test_keys_and_credits_read_nulls_as_zero_or_no_limit_and_need_a_hash() -> None:
     key = parse_key(
         {"hash": "abc", "name": None, "limit": None, "usage": "1.25", "byok_usage_daily": None,
          "disabled": True, "brand_new_field": 1}
@@ -135,7 +135,7 @@ def test_parse_key_and_credits() -> None:
 # -- endpoints ----------------------------------------------------------------------------------
 
 
-def test_credits(fake_openrouter: FakeOpenRouter) -> None:
+def test_credits_remaining_is_exact(fake_openrouter: FakeOpenRouter) -> None:
     fake_openrouter.credits = {"total_credits": 100.3, "total_usage": 0.1, "extra": []}
     with client_for(fake_openrouter) as client:
         credits = client.credits()
@@ -189,7 +189,9 @@ def test_keys_stop_after_a_page_limit(
         client.keys()
 
 
-def test_activity_rows_parse(fake_openrouter: FakeOpenRouter) -> None:
+def test_activity_rows_read_both_date_formats_and_null_tokens_as_zero(
+    fake_openrouter: FakeOpenRouter,
+) -> None:
     with client_for(fake_openrouter) as client:
         rows = client.activity()
     raw = fake_openrouter.activity_rows
@@ -205,7 +207,7 @@ def test_activity_rows_parse(fake_openrouter: FakeOpenRouter) -> None:
     assert fake_openrouter.requests_to("/activity")[0].query == {}
 
 
-def test_byok_rows(fake_openrouter: FakeOpenRouter) -> None:
+def test_byok_rows_cost_only_their_byok_usage(fake_openrouter: FakeOpenRouter) -> None:
     byok_hash = fake_openrouter.keys[7]["hash"]
     with client_for(fake_openrouter) as client:
         rows = client.activity(api_key_hash=byok_hash)
@@ -322,7 +324,7 @@ def test_timeouts_are_retried_then_fail(fake_openrouter: FakeOpenRouter) -> None
     assert len(fake_openrouter.requests_to("/credits")) == 2
 
 
-def test_a_timeout_then_success(fake_openrouter: FakeOpenRouter) -> None:
+def test_a_timeout_is_retried_and_then_succeeds(fake_openrouter: FakeOpenRouter) -> None:
     fake_openrouter.fail_next("/credits", "slow", delay=2.0)
     with client_for(fake_openrouter, timeout=0.2) as client:
         assert client.credits().total_credits == Decimal(250)
@@ -368,7 +370,7 @@ def test_a_bad_base_url_is_a_config_error(url: str) -> None:
         ("/credits", "<html>maintenance</html>", "not JSON"),
     ],
 )
-def test_malformed_bodies(
+def test_a_malformed_body_is_one_error_line_and_not_retried(
     fake_openrouter: FakeOpenRouter, path: str, body: Any, words: str
 ) -> None:
     fake_openrouter.fail_next(path, 200, body=body)

@@ -77,7 +77,7 @@ def box(request: pytest.FixtureRequest,
     store.conn.close()
 
 
-def test_payload_round_trip() -> None:
+def test_a_payload_decodes_to_the_message_and_options_it_encoded() -> None:
     mail = MailMessage(subject="s", text="t", html="<p>h</p>", inline_images={"chart": b"\x00\x01"},
                        attachments=[("a.csv", "text/csv", b"x,y\n")])
     for msg in (MSG, mail):

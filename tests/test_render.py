@@ -124,7 +124,7 @@ def renderer() -> Renderer:
 # --- daily Slack ------------------------------------------------------------------------------
 
 
-def test_daily_slack_figures(renderer: Renderer) -> None:
+def test_daily_slack_shows_spend_changes_today_so_far_and_credits(renderer: Renderer) -> None:
     msg = renderer.daily_slack(daily())
     assert msg.text == "OpenRouter spend Tue 2026-11-24 (UTC): $12.35 (+23.5% vs previous day)"
     assert msg.chart_png is None
@@ -173,7 +173,7 @@ def test_no_credits_added_note_without_previous_snapshot(renderer: Renderer) -> 
     assert "Credits added" not in alltext(msg.blocks)
 
 
-def test_daily_slack_empty_day(renderer: Renderer) -> None:
+def test_daily_slack_for_a_day_without_spend_says_no_spend(renderer: Renderer) -> None:
     d = daily(rows=[row("2026-11-23", usage="3.00")], key_rows={})
     assert d.empty
     msg = renderer.daily_slack(d)
@@ -201,7 +201,7 @@ def test_ranking_ends_with_and_n_more(renderer: Renderer) -> None:
 # --- weekly Slack -----------------------------------------------------------------------------
 
 
-def test_weekly_slack_figures(renderer: Renderer) -> None:
+def test_weekly_slack_shows_the_week_the_month_projection_and_movers(renderer: Renderer) -> None:
     msg = renderer.weekly_slack(weekly(), charts=True)
     assert msg.text == (
         "OpenRouter spend 2026-11-18 to 2026-11-24 (UTC): $22.35 (+458.8% vs previous 7 days)"
@@ -221,7 +221,7 @@ def test_weekly_slack_figures(renderer: Renderer) -> None:
     assert msg.chart_png is not None and msg.chart_png.startswith(b"\x89PNG")
 
 
-def test_weekly_without_spend(renderer: Renderer) -> None:
+def test_weekly_without_spend_says_no_spend_and_keeps_chart_and_csv(renderer: Renderer) -> None:
     w = weekly(rows=[], key_rows={}, credits=None)
     msg = renderer.weekly_slack(w, charts=True)
     assert msg.text == "OpenRouter spend 2026-11-18 to 2026-11-24 (UTC): no spend"
@@ -288,7 +288,7 @@ def test_email_escapes_untrusted_names(renderer: Renderer) -> None:
         assert "\n" not in msg.subject
 
 
-def test_mrkdwn_escape() -> None:
+def test_mrkdwn_escape_escapes_ampersands_and_angle_brackets() -> None:
     assert mrkdwn_escape("a & <!here> <@U1|x>") == "a &amp; &lt;!here&gt; &lt;@U1|x&gt;"
     assert mrkdwn_escape("&lt;") == "&amp;lt;"
 
@@ -389,7 +389,7 @@ def test_fit_never_leaves_half_an_entity() -> None:
 # --- e-mail -----------------------------------------------------------------------------------
 
 
-def test_weekly_email(renderer: Renderer) -> None:
+def test_weekly_email_has_inlined_css_a_chart_month_figures_and_the_csv(renderer: Renderer) -> None:
     w = weekly()
     msg = renderer.weekly_email(w)
     assert msg.subject == "OpenRouter weekly report 2026-11-18 to 2026-11-24: $22.35 (+458.8%)"
@@ -415,7 +415,7 @@ def test_weekly_email(renderer: Renderer) -> None:
     assert "Projected month end: $32.94" in msg.text
 
 
-def test_daily_email(renderer: Renderer) -> None:
+def test_daily_email_has_a_chart_byok_changes_and_per_day_figures(renderer: Renderer) -> None:
     msg = renderer.daily_email(daily())
     assert msg.subject == "OpenRouter spend Tue 2026-11-24 (UTC): $12.35 (+23.5% vs previous day)"
     assert 'src="cid:chart"' in msg.html and 'alt="Daily spend chart"' in msg.html
@@ -429,7 +429,7 @@ def test_daily_email(renderer: Renderer) -> None:
     assert "$12.35</td>" in msg.html and "$4.00</td>" in msg.html
 
 
-def test_daily_email_empty_day(renderer: Renderer) -> None:
+def test_daily_email_for_a_day_without_spend_says_no_spend(renderer: Renderer) -> None:
     msg = renderer.daily_email(daily(rows=[], key_rows={}))
     assert msg.subject == "OpenRouter spend Tue 2026-11-24 (UTC): no spend"
     assert "No spend" in msg.html and "No spend on Tue 2026-11-24." in msg.text
@@ -446,7 +446,7 @@ def test_user_template_overrides_bundled(tmp_path: Path) -> None:
     assert msg.blocks[0]["type"] == "header"  # the JSON still comes from the bundled template
 
 
-def test_generic_slack_and_email(tmp_path: Path) -> None:
+def test_user_templates_render_escaped_slack_and_email_messages(tmp_path: Path) -> None:
     (tmp_path / "slack").mkdir()
     (tmp_path / "email").mkdir()
     (tmp_path / "slack" / "ping.json.j2").write_text(

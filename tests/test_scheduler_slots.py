@@ -60,7 +60,7 @@ def test_repeated_wall_clock_time_runs_once_at_first_occurrence() -> None:
     assert next_slot(slot, dt.time(2, 30), "Europe/Berlin") == at("2026-10-26T01:30:00")
 
 
-def test_weekly_slot_on_monday() -> None:
+def test_weekly_slot_is_the_last_and_next_monday_at_0800_berlin() -> None:
     # 2026-11-25 is a Wednesday; last Monday 08:00 Berlin (CET) = 07:00 UTC on 2026-11-23
     now = at("2026-11-25T10:00:00")
     assert last_slot(now, dt.time(8), "Europe/Berlin", "monday") == at("2026-11-23T07:00:00")
@@ -72,7 +72,7 @@ def test_last_slot_is_today_or_yesterday() -> None:
     assert last_slot(at("2026-11-25T09:00:00"), NINE, "UTC") == at("2026-11-25T09:00:00")
 
 
-def test_catch_up_decisions() -> None:
+def test_a_slot_runs_once_when_nothing_or_only_an_earlier_one_was_handled() -> None:
     slot = at("2026-11-25T09:00:00")
     assert should_run_slot(slot, None)  # never ran: catch up once
     assert should_run_slot(slot, at("2026-11-24T09:00:00"))  # missed while down

@@ -120,7 +120,7 @@ def test_decimal_exactness_round_trip(store: Store) -> None:
     assert stored == "0.000000123456789"  # TEXT, fixed-point, exact
 
 
-def test_org_wide_and_per_key_rows(store: Store) -> None:
+def test_account_rows_and_per_key_rows_are_kept_apart(store: Store) -> None:
     store.save_snapshot(snapshot())
     org = store.activity(D - DAY, D, "")
     assert {(r.key_hash, r.model) for r in org} == {("", "openai/gpt-4o"),
@@ -179,7 +179,7 @@ def test_per_key_rows_are_tagged_with_their_key(store: Store) -> None:
     assert [r.key_hash for r in store.activity(D, D, None)] == ["h1"]
 
 
-def test_credits_at_ordering(store: Store) -> None:
+def test_credits_at_gives_the_latest_snapshot_at_or_before_a_time(store: Store) -> None:
     a = Credits(Decimal("100"), Decimal("10"))
     b = Credits(Decimal("150"), Decimal("12"))
     assert store.credits_at() is None
@@ -230,7 +230,7 @@ def test_keys_latest_state_and_names(store: Store) -> None:
     assert store.key_names()["h1"] == "production"
 
 
-def test_meta(store: Store) -> None:
+def test_meta_keeps_the_last_value_set(store: Store) -> None:
     assert store.get_meta("credits.daily") is None
     store.set_meta("credits.daily", "100.5")
     store.set_meta("credits.daily", "120")
@@ -241,7 +241,7 @@ def test_meta(store: Store) -> None:
 # --- outbox ------------------------------------------------------------------------------
 
 
-def test_outbox_lifecycle(store: Store) -> None:
+def test_an_outbox_row_is_claimed_failed_sent_once_and_reset_only_by_force(store: Store) -> None:
     key_ = ("daily", "2024-05-30", "slack:#spend")
     assert store.outbox_get(*key_) is None
     d = store.outbox_put(*key_, '{"v": 1}', T0)
@@ -278,7 +278,7 @@ def test_outbox_lifecycle(store: Store) -> None:
         '{"v": 3}', T0 + 4 * HOUR, None, "")
 
 
-def test_outbox_give_up_and_force(store: Store) -> None:
+def test_a_given_up_delivery_stays_given_up_unless_forced(store: Store) -> None:
     d = store.outbox_put("weekly", "2024-W22", "email:a@example.com", "{}", T0)
     store.outbox_give_up(d.id, T0 + DAY, "undelivered for more than 1 day")
     gone = store.outbox_get("weekly", "2024-W22", "email:a@example.com")
@@ -316,7 +316,7 @@ def test_outbox_crash_mid_send_is_due(db_target: str) -> None:
 # --- alert state -------------------------------------------------------------------------
 
 
-def test_alert_state_round_trip(store: Store) -> None:
+def test_alert_states_are_stored_and_replaced_per_rule_and_subject(store: Store) -> None:
     assert store.alert_all() == []
     state = AlertState("low", "credits", "firing", "$4.20", T0, T0,
                        {"slack:#alerts": "1717000000.000100", "slack:#ops": "17.2"}, T0)
