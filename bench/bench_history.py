@@ -28,7 +28,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -128,29 +128,52 @@ class BenchOpenRouter(FakeOpenRouter):
             day += DAY
 
     def answer_analytics(self, body: Any) -> tuple[int, Any]:
-        """The unfiltered queries the way a fast server would: rows written straight as JSON
-        text (the generic fake sums Decimals in Python, slower than the client it serves).
-        Everything else goes through the generic fake."""
+        """The queries by day the way a fast server would: rows written straight as JSON text
+        (the generic fake sums Decimals in Python, slower than the client it serves), a key
+        filter (`in` / `not_in` hashes) looked up by index, never scanned per row, and answers
+        past `analytics_max_rows` truncated. Everything else goes through the generic fake."""
         dims = body.get("dimensions") if isinstance(body, dict) else None
-        if body.get("filters") or dims not in (["api_key_id", "model"], ["model", "provider"]):
+        filters = body.get("filters") or [] if isinstance(body, dict) else []
+        simple = not filters or (
+            len(filters) == 1 and filters[0].get("field") == "api_key_id"
+            and filters[0].get("operator") in ("in", "not_in")
+            and isinstance(filters[0].get("value"), list) and dims == ["api_key_id", "model"])
+        if (dims not in (["api_key_id", "model"], ["model", "provider"]) or not simple
+                or body.get("granularity") != "day"):
             return super().answer_analytics(body)
         self.analytics_queries.append(body)
         start = dt.date.fromisoformat(body["time_range"]["start"][:10])
         end = dt.date.fromisoformat(body["time_range"]["end"][:10])
         if "provider" in dims and (end - start).days > 31:
             return 400, {"error": {"code": 400, "message": "provider: 31-day windows only"}}
+        keys: Iterable[int] = range(self.n_keys)
+        warnings = []
+        if filters:
+            values = filters[0]["value"]
+            named = {self.index_of[v] for v in values if v in self.index_of}
+            if filters[0]["operator"] == "in":
+                keys = sorted(named)
+                if len(named) < len(set(values)):
+                    warnings.append(f'"Could not resolve api_key_id values: '
+                                    f'{len(set(values)) - len(named)}"')
+            else:
+                keys = [i for i in keys if i not in named]
         parts = []
         day = start
         while day < end:
             back = (self.today - day).days
             if 1 <= back <= 366:
-                parts.extend(self._day_rows(day, back, dims[1] == "provider"))
+                parts.extend(self._day_rows(day, back, dims[1] == "provider", keys))
             day += DAY
+        truncated = len(parts) > self.analytics_max_rows
+        del parts[self.analytics_max_rows :]
         text = (f'{{"data": {{"data": [{", ".join(parts)}], "metadata": {{"query_time_ms": 9, '
-                f'"row_count": {len(parts)}, "truncated": false}}, "warnings": []}}}}')
+                f'"row_count": {len(parts)}, "truncated": {str(truncated).lower()}}}, '
+                f'"warnings": [{", ".join(warnings)}]}}}}')
         return 200, text.encode()
 
-    def _day_rows(self, day: dt.date, back: int, by_provider: bool) -> list[str]:
+    def _day_rows(self, day: dt.date, back: int, by_provider: bool, keys: Iterable[int]
+                  ) -> list[str]:
         stamp = f"{day}T00:00:00.000Z"
         rows = []
         if by_provider:
@@ -159,7 +182,7 @@ class BenchOpenRouter(FakeOpenRouter):
                 rows.append(_json_row(stamp, f'"model": "{slug}", "provider": "{provider}"',
                                       n, n * price))
             return rows
-        for i in range(self.n_keys):
+        for i in keys:
             name = "staging" if i < 2 else f"key-{i}"
             sums: dict[str, list[int]] = {}
             for e, (_, slug, _, _, price) in enumerate(ENDPOINTS):

@@ -62,10 +62,14 @@ ANALYTICS_PER_MINUTE = 64
 ANALYTICS_MAX_DAYS = 365
 PROVIDER_WINDOW_DAYS = 31
 ANALYTICS_LIMIT = 10_000  # the documented maximum; the server may raise it for time series
-# rows we aim for in one answer: what one answer costs in memory (about 1 KB a row while it is
-# decoded and stored) stays well under the 100 MB a run may take; a year of a 560-key org is
-# then about 75 queries
+# rows we aim for in one answer: its body (~300 bytes a row) is held while its rows are decoded
+# and stored a chunk at a time, so an answer costs ~0.4 KB a row at its peak
 ANALYTICS_TARGET_ROWS = 24_000
+# ...and at most, when answers of the target size would take more queries than the rate limit
+# lets us send without waiting (a year of a 560-key org: ~1.7 million rows, ~50 queries)
+ANALYTICS_MAX_ROWS = 48_000
+ANALYTICS_RESERVE = 4  # queries a backfill leaves free for the rest of the sync (providers)
+ANALYTICS_CHUNK = 5_000  # rows of an answer decoded and handed on at a time
 ANALYTICS_FIRST_DAYS = 1  # the first window, which measures how many rows a day has
 # before the first answer, a day is guessed to hold this many rows per key (models per key):
 # a large org's first day is then asked in key sets, not in one answer too big to hold
@@ -149,7 +153,7 @@ class _RawCurrentKey(msgspec.Struct):
     is_provisioning_key: bool | None = None
 
 
-class _RawAnalyticsRow(msgspec.Struct):
+class _RawAnalyticsRow(msgspec.Struct, gc=False):  # no cycles: strings, numbers, None
     date__day: Any = None
     created_at__day: Any = None
     # minute and hour buckets (the burn rate's recent spend and usual hours)
@@ -175,7 +179,9 @@ class _RawAnalyticsMeta(msgspec.Struct):
 
 
 class _RawAnalytics(msgspec.Struct):
-    data: list[_RawAnalyticsRow] = []
+    # each row stays undecoded text in the body until its chunk is asked for (`_row_chunks`):
+    # ~60 bytes a row over the body, not ~600 as decoded rows
+    data: list[msgspec.Raw] = []
     metadata: _RawAnalyticsMeta = msgspec.field(default_factory=_RawAnalyticsMeta)
     warnings: list[str] = []
 
@@ -457,6 +463,14 @@ class _RateLimit:
                 self._sent.popleft()
             self._sent.append(now)
 
+    def free(self) -> int:
+        """How many calls may go now without waiting."""
+        with self._lock:
+            now = self._clock()
+            while self._sent and self._sent[0] <= now - 60:
+                self._sent.popleft()
+            return max(0, self.per_minute - len(self._sent))
+
 
 class OpenRouterClient:
     """A read-only client of OpenRouter's management API (credits, activity, workspaces, keys,
@@ -491,6 +505,7 @@ class OpenRouterClient:
         self._key_lock = threading.Lock()
         self._key_checked = False
         self._analytics_limit = _RateLimit(analytics_per_minute, clock, sleep)
+        self._analytics_cut: int | None = None  # the fewest rows at which an answer was cut
         if not self.base_url.lower().startswith(("http://", "https://")):
             raise ConfigError(
                 "openrouter.base_url (or OPENROUTER_BASE_URL): expected an http(s) URL, got "
@@ -821,7 +836,7 @@ class OpenRouterClient:
     def analytics_query(self, body: Mapping[str, Any]) -> _RawAnalytics:
         """One `POST /analytics/query` (read-only), kept under 64 a minute. A 408 is raised at
         once (status 408) so the caller can narrow the query; 403/404/405 raise
-        AnalyticsUnavailable."""
+        AnalyticsUnavailable. The rows stay undecoded until `_row_chunks` reads them."""
         self.check_key()
         try:
             content = self._request(
@@ -834,7 +849,7 @@ class OpenRouterClient:
             if exc.status in (404, 405):  # 405: a proxy or fake that allows only GET
                 raise AnalyticsUnavailable(f"{exc.status} {exc}") from exc
             raise
-        try:  # one pass straight into structs; answers can be large
+        try:  # one pass over the envelope; the rows are kept as slices of the body
             envelope = _decoder(_AnalyticsEnvelope).decode(content)
         except msgspec.DecodeError:  # say precisely what is wrong, the slow way
             self._decode("/analytics/query", content, _RawAnalytics, "an object")
@@ -848,16 +863,39 @@ class OpenRouterClient:
             log.debug("analytics warning: %s", _short(str(warning)))
         return answer
 
+    def _row_chunks(
+        self, answer: _RawAnalytics, size: int = 0
+    ) -> Iterator[list[_RawAnalyticsRow]]:
+        """The answer's rows, decoded ANALYTICS_CHUNK (or `size`) at a time: what one chunk
+        holds is freed before the next is decoded."""
+        size = size or ANALYTICS_CHUNK
+        raws = answer.data
+        for i in range(0, len(raws), size):
+            text = b"[" + b",".join(raws[i : i + size]) + b"]"
+            try:
+                rows = _decoder(list[_RawAnalyticsRow]).decode(text)
+            except msgspec.DecodeError as exc:
+                raise self._malformed("/analytics/query", _field_error(str(exc))) from exc
+            del text
+            yield rows
+
+    def _all_rows(self, answer: _RawAnalytics) -> list[_RawAnalyticsRow]:
+        return [r for chunk in self._row_chunks(answer) for r in chunk]
+
     def key_model_days(
         self,
         start: dt.date,
         end: dt.date,
         keys: Sequence[ApiKey],
-        on_window: Callable[[dt.date, dt.date, list[ActivityRow]], None],
+        on_rows: Callable[[dt.date, dt.date, list[ActivityRow]], None],
         progress: Callable[[int, int], None] | None = None,
+        *,
+        on_window: Callable[[dt.date, dt.date], None] | None = None,
     ) -> int:
-        """Spend per UTC day by key x model from `start` to `end`, handed to `on_window` one
-        window of days at a time, newest first; returns the number of queries made.
+        """Spend per UTC day by key x model from `start` to `end`, newest window of days
+        first; returns the number of queries made. A window's rows are handed to
+        `on_rows(first, last, rows)` a chunk at a time (memory stays flat however large an
+        answer is); `on_window(first, last)` follows once all of them have been.
 
         The API labels keys by name, so names are mapped back to hashes through `keys`. Keys
         that share a name are asked for by hash filter (one key per name per query), so no two
@@ -878,26 +916,16 @@ class OpenRouterClient:
         rounds = max((len(h) for h in shared.values()), default=0)
         for i in range(rounds):
             picked = {label: hashes[i] for label, hashes in shared.items() if len(hashes) > i}
-            hash_of = dict(picked)
-            for _, _, rows, n in self._windows(
-                start, end, ["api_key_id", "model"], list(picked.values()), None
-            ):
-                queries += n
-                for r in rows:
-                    label = r.api_key_id or ""
-                    if label not in hash_of:
-                        continue
-                    row = _analytics_row(r, hash_of[label])
-                    by_day.setdefault(row.date, []).append(row)
-                    _add(attributed.setdefault((row.date, label, row.model), _zero()), row)
+            queries += self._windows(
+                start, end, ["api_key_id", "model"], list(picked.values()), None,
+                functools.partial(_attribute, picked, by_day, attributed),
+            )
         total_days = (end - start).days + 1
         done_days = 0
-        for first, last, rows, n in self._windows(
-            start, end, ["api_key_id", "model"], None, all_hashes
-        ):
-            queries += n
+        held: dict[tuple[dt.date, str, str], list[Any]] = {}
+
+        def take(first: dt.date, last: dt.date, rows: list[_RawAnalyticsRow]) -> None:
             out: list[ActivityRow] = []
-            held: dict[tuple[dt.date, str, str], list[Any]] = {}
             for i, r in enumerate(rows):
                 rows[i] = None  # type: ignore[call-overload]  # freed as converted
                 label = r.api_key_id or ""
@@ -908,19 +936,32 @@ class OpenRouterClient:
                     _add(held.setdefault((row.date, label, row.model), _zero()), row)
                 else:
                     out.append(_analytics_row(r, placeholder_hash(label)))
+            if out:
+                on_rows(first, last, out)
+
+        def close(first: dt.date, last: dt.date) -> None:
+            nonlocal done_days
+            out: list[ActivityRow] = []
             for (day, label, model), sums in held.items():
                 rest = _minus(sums, attributed.get((day, label, model), _zero()))
                 if rest[0] or rest[1] or rest[2]:
                     out.append(_figures_row(day, model, placeholder_hash(label), rest))
+            held.clear()
             day = first
             while day <= last:
                 out.extend(by_day.pop(day, ()))
                 day += DAY
-            on_window(first, last, out)
+            if out:
+                on_rows(first, last, out)
+            if on_window is not None:
+                on_window(first, last)
             done_days += (last - first).days + 1
             if progress is not None:
                 progress(done_days, total_days)
-        return queries
+
+        return queries + self._windows(
+            start, end, ["api_key_id", "model"], None, all_hashes, take, close
+        )
 
     def key_model_spend(
         self,
@@ -987,7 +1028,8 @@ class OpenRouterClient:
                 raise
             cut = True
         if not cut:
-            return [r for r in answer.data if start <= _bucket_at(r, granularity) < end]
+            return [r for r in self._all_rows(answer)
+                    if start <= _bucket_at(r, granularity) < end]
         if end - start <= step:
             raise ApiError(f"OpenRouter analytics answer for {_iso(start)} by {granularity} was "
                            "cut short even for one bucket")
@@ -1010,13 +1052,17 @@ class OpenRouterClient:
     ) -> int:
         """Spend per UTC day by model x provider, in windows of at most 31 days (the API's
         limit for `provider`), newest first; returns the number of queries made."""
-        queries = 0
-        for first, last, rows, n in self._windows(
-            start, end, ["model", "provider"], None, None, max_days=PROVIDER_WINDOW_DAYS
-        ):
-            queries += n
-            on_window(first, last, [_analytics_row(r, "") for r in rows])
-        return queries
+        rows: list[ActivityRow] = []
+
+        def take(first: dt.date, last: dt.date, chunk: list[_RawAnalyticsRow]) -> None:
+            rows.extend(_analytics_row(r, "") for r in chunk)
+
+        def close(first: dt.date, last: dt.date) -> None:
+            on_window(first, last, rows[:])
+            rows.clear()
+
+        return self._windows(start, end, ["model", "provider"], None, None, take, close,
+                             max_days=PROVIDER_WINDOW_DAYS)
 
     def _windows(
         self,
@@ -1025,41 +1071,81 @@ class OpenRouterClient:
         dimensions: list[str],
         only: list[str] | None,
         all_hashes: list[str] | None,
+        sink: _Sink,
+        done: Callable[[dt.date, dt.date], None] | None = None,
         *,
         max_days: int = ANALYTICS_MAX_WINDOW,
-    ) -> Iterator[tuple[dt.date, dt.date, list[_RawAnalyticsRow], int]]:
-        """Whole answers for `start`..`end`, newest window first, each sized to hold about
-        ANALYTICS_TARGET_ROWS rows by the density seen so far. A truncated answer or a 408 is
-        never used: its window is split and asked again (a single day by key set)."""
-        target = ANALYTICS_TARGET_ROWS
+    ) -> int:
+        """Whole answers for `start`..`end`, newest window first, their rows handed to `sink`
+        a chunk at a time and `done` called after each window; returns the queries made.
+
+        Each window is sized by the density seen so far to hold about ANALYTICS_TARGET_ROWS
+        rows, or more (up to ANALYTICS_MAX_ROWS) when the rest at that size would need more
+        queries than the rate limit lets go without waiting. A truncated answer or a 408 is
+        never used: its window is split and asked again (a single day by key set), and later
+        windows stay well below the row count at which the server cut. A few keys asked for
+        by hash (`only`: keys that share a name) have small answers: they go in as few
+        queries as an answer may hold."""
+        target = ANALYTICS_TARGET_ROWS if only is None else ANALYTICS_MAX_ROWS
+        ceiling = ANALYTICS_MAX_ROWS
+        if self._analytics_cut is not None:  # this server cuts answers: stay well below
+            ceiling = min(ceiling, max(1, self._analytics_cut * 3 // 4))
+            target = min(target, ceiling)
         span = min(ANALYTICS_FIRST_DAYS, max_days)
+        density: float | None = None  # rows a day, once a window has said
         parts = 1  # key sets a day is asked in, when one day holds more than the target
         if "api_key_id" in dimensions and only is None and all_hashes:
             parts = max(1, -(-len(all_hashes) * ANALYTICS_GUESS_PER_KEY // target))
+        total = 0
+        seen = 0
+
+        def count(first: dt.date, last: dt.date, rows: list[_RawAnalyticsRow]) -> None:
+            nonlocal seen
+            seen += len(rows)
+            sink(first, last, rows)
+
         last = end
         while last >= start:
             first = max(start, last - DAY * (span - 1))
-            rows: list[_RawAnalyticsRow] = []
+            seen = 0
             if parts > 1 and only is None and all_hashes:
                 size = -(-len(all_hashes) // parts)
                 queries, cap = 0, None
                 for i in range(0, len(all_hashes), size):
                     n, c = self._exact(first, last, dimensions, all_hashes[i : i + size],
-                                       all_hashes, rows)
+                                       all_hashes, count)
                     queries += n
                     cap = c if cap is None or (c is not None and c < cap) else cap
-                queries += self._rest(first, dimensions, all_hashes, rows, last)
+                queries += self._rest(first, dimensions, all_hashes, count, last)
             else:
-                queries, cap = self._exact(first, last, dimensions, only, all_hashes, rows)
+                try:
+                    queries, cap = self._exact(first, last, dimensions, only, all_hashes,
+                                               count, resize=True)
+                except _Cut as cut:  # nothing of it was used: ask again, sized by the cut
+                    total += 1
+                    target = ceiling = min(ceiling, max(1, cut.rows * 3 // 4))
+                    days = (last - first).days + 1
+                    guess = round(target / density) if density else days // 2
+                    span = max(1, min(days - 1, guess) if guess < days else days // 2)
+                    continue
+            total += queries
             if cap is not None:  # the server cut answers at `cap` rows: stay well below it
                 target = min(target, max(1, cap * 3 // 4))
-            yield first, last, rows, queries
+                ceiling = min(ceiling, target)
+            if done is not None:
+                done(first, last)
             days = (last - first).days + 1
-            density = max(len(rows) / days, 1.0)
-            span = int(max(1, min(max_days, round(target / density))))
+            density = max(seen / days, 1.0)
+            rows = target
+            left = (first - start).days
+            if left > 0:  # what the rest needs to fit the rate limit's free queries
+                free = max(1, self._analytics_limit.free() - ANALYTICS_RESERVE)
+                rows = min(ceiling, max(target, -(-int(density * left) // free)))
+            span = int(max(1, min(max_days, round(rows / density))))
             if "api_key_id" in dimensions:
-                parts = -(-int(density) // target) if density > target * 1.25 else 1
+                parts = -(-int(density) // rows) if density > rows * 1.25 else 1
             last = first - DAY
+        return total
 
     def _exact(
         self,
@@ -1068,10 +1154,14 @@ class OpenRouterClient:
         dimensions: list[str],
         only: list[str] | None,
         all_hashes: list[str] | None,
-        out: list[_RawAnalyticsRow],
+        sink: _Sink,
+        *,
+        resize: bool = False,
     ) -> tuple[int, int | None]:
-        """Rows of `first`..`last` with no truncated part, appended to `out`; returns the
-        queries made and the smallest row count at which an answer was cut (None: none)."""
+        """Rows of `first`..`last` with no truncated part, handed to `sink`; returns the
+        queries made and the smallest row count at which an answer was cut (None: none).
+        With `resize`, a truncated answer of several days raises _Cut (the caller asks a
+        window sized by the cut) instead of being split in halves here."""
         filters: list[dict[str, Any]] = []
         if only is not None:
             filters.append({"field": "api_key_id", "operator": "in", "value": only})
@@ -1092,17 +1182,32 @@ class OpenRouterClient:
             if exc.status != 408:
                 raise
             log.debug("analytics query for %s..%s timed out (408); narrowing it", first, last)
-            return self._split(first, last, dimensions, only, all_hashes, out, None, exc)
+            return self._split(first, last, dimensions, only, all_hashes, sink, None, exc)
         if answer.metadata.truncated:
             cut = len(answer.data)
-            log.debug("analytics answer for %s..%s truncated at %d rows; splitting it",
+            del answer  # its body is not held while the parts are asked for
+            self._analytics_cut = min(cut, self._analytics_cut or cut)
+            log.debug("analytics answer for %s..%s truncated at %d rows; asking again in parts",
                       first, last, cut)
-            return self._split(first, last, dimensions, only, all_hashes, out, cut, None)
-        for r in answer.data:
-            bucket = r.date__day if r.date__day is not None else r.created_at__day
-            if first <= _day(bucket) <= last:  # an inclusive end may bring the next midnight
-                out.append(r)
+            if resize and first < last:
+                raise _Cut(cut)
+            return self._split(first, last, dimensions, only, all_hashes, sink, cut, None)
+        self._hand_on(answer, first, last, sink)
         return 1, None
+
+    def _hand_on(
+        self, answer: _RawAnalytics, first: dt.date, last: dt.date, sink: _Sink
+    ) -> None:
+        """The answer's rows of `first`..`last` to `sink`, a chunk at a time (an inclusive end
+        may bring the next midnight)."""
+        for chunk in self._row_chunks(answer):
+            rows = []
+            for r in chunk:
+                bucket = r.date__day if r.date__day is not None else r.created_at__day
+                if first <= _day(bucket) <= last:
+                    rows.append(r)
+            del chunk
+            sink(first, last, rows)
 
     def _split(
         self,
@@ -1111,7 +1216,7 @@ class OpenRouterClient:
         dimensions: list[str],
         only: list[str] | None,
         all_hashes: list[str] | None,
-        out: list[_RawAnalyticsRow],
+        sink: _Sink,
         cut: int | None,
         timeout: ApiError | None,
     ) -> tuple[int, int | None]:
@@ -1131,7 +1236,7 @@ class OpenRouterClient:
                 half = len(hashes) // 2
                 parts = [(first, last, hashes[:half]), (first, last, hashes[half:])]
                 # keys we do not know (deleted ones) are in neither half
-                queries += self._rest(first, dimensions, hashes, out)
+                queries += self._rest(first, dimensions, hashes, sink)
         else:
             what = "timed out" if timeout is not None else "was truncated"
             raise ApiError(
@@ -1141,7 +1246,7 @@ class OpenRouterClient:
         for p_first, p_last, p_only in parts:
             if p_only == []:
                 continue
-            n, c = self._exact(p_first, p_last, dimensions, p_only, all_hashes, out)
+            n, c = self._exact(p_first, p_last, dimensions, p_only, all_hashes, sink)
             queries += n
             caps.extend([c] if c is not None else [])
         return queries, min(caps) if caps else None
@@ -1151,7 +1256,7 @@ class OpenRouterClient:
         day: dt.date,
         dimensions: list[str],
         hashes: list[str],
-        out: list[_RawAnalyticsRow],
+        sink: _Sink,
         last: dt.date | None = None,
     ) -> int:
         """Rows of keys not in `hashes` (deleted keys, spend without a key), `day`..`last`."""
@@ -1173,10 +1278,7 @@ class OpenRouterClient:
                 f"OpenRouter analytics answer for {day} (keys not in the key list) was truncated; "
                 "history for that day is incomplete"
             )
-        for r in answer.data:
-            bucket = r.date__day if r.date__day is not None else r.created_at__day
-            if day <= _day(bucket) <= last:
-                out.append(r)
+        self._hand_on(answer, day, last, sink)
         return 1
 
     # -- HTTP ------------------------------------------------------------------------------------
@@ -1378,6 +1480,37 @@ def _bucket(r: _RawAnalyticsRow, granularity: str, key_hash: str) -> SpendBucket
 def _analytics_label(key: ApiKey) -> str:
     """How the analytics API names a key: its name, else its label."""
     return key.name or key.label
+
+
+class _Cut(Exception):
+    """An answer of several days was truncated at `rows` rows; nothing of it was used."""
+
+    def __init__(self, rows: int) -> None:
+        super().__init__(rows)
+        self.rows = rows
+
+
+# where a window's rows go, a chunk at a time: (first day, last day, rows)
+_Sink = Callable[[dt.date, dt.date, list[_RawAnalyticsRow]], None]
+
+
+def _attribute(
+    hash_of: dict[str, str],
+    by_day: dict[dt.date, list[ActivityRow]],
+    attributed: dict[tuple[dt.date, str, str], list[Any]],
+    first: dt.date,
+    last: dt.date,
+    rows: list[_RawAnalyticsRow],
+) -> None:
+    """Rows of keys asked for by hash filter (`hash_of`: label -> hash), kept by day and
+    summed by (day, label, model) so a shared name's total can be told apart."""
+    for r in rows:
+        label = r.api_key_id or ""
+        if label not in hash_of:
+            continue
+        row = _analytics_row(r, hash_of[label])
+        by_day.setdefault(row.date, []).append(row)
+        _add(attributed.setdefault((row.date, label, row.model), _zero()), row)
 
 
 def _zero() -> list[Any]:

@@ -490,3 +490,138 @@ def test_a_large_org_asks_for_a_day_in_key_sets_from_the_first_query(
     assert _days(first) == 1
     got = key_costs(store, TODAY - DAY * 10, YESTERDAY)
     assert close(sum(got.values(), Decimal(0)), cost(truth(fake, TODAY - DAY * 10, YESTERDAY)))
+
+
+# -- few, large answers: the rate limit's free queries, memory per answer ----------------------
+
+
+def answer_sizes(fake: FakeOpenRouter, monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, bool]]:
+    """(rows, truncated) of every analytics answer the fake gives from now on."""
+    sizes: list[tuple[int, bool]] = []
+    answer = fake.answer_analytics
+
+    def recording(body: Any) -> tuple[int, Any]:
+        status, out = answer(body)
+        if status == 200 and isinstance(out, dict):
+            sizes.append((len(out["data"]["data"]), out["data"]["metadata"]["truncated"]))
+        return status, out
+
+    monkeypatch.setattr(fake, "answer_analytics", recording)
+    return sizes
+
+
+def test_a_year_is_asked_in_answers_large_enough_to_fit_the_rate_limit_without_waiting(
+    fake: FakeOpenRouter, clock: FakeClock, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # at 20 rows an answer a year of this org would take ~200 queries: over 3 minutes of waits
+    monkeypatch.setattr("bot.openrouter.ANALYTICS_TARGET_ROWS", 20)
+    monkeypatch.setattr("bot.openrouter.ANALYTICS_MAX_ROWS", 10_000)
+    sizes = answer_sizes(fake, monkeypatch)
+    with client_for(fake, clock) as client:
+        result = run_sync(client, store, now=NOW)
+    assert result.history is not None and result.history.queries <= 64
+    assert clock.sleeps == [] and fake.rate_limited == 0  # never waited for the rate limit
+    assert max(rows for rows, _ in sizes) > 2 * 20  # answers grew past the target
+    first = TODAY - DAY * 365
+    got = key_costs(store, first, YESTERDAY)
+    assert close(sum(got.values(), Decimal(0)), cost(truth(fake, first, YESTERDAY)))
+    for key in fake.keys:
+        want = cost(truth_of(fake.key_activity[key["hash"]], first, YESTERDAY))
+        assert close(got.get(key["hash"], Decimal(0)), want), key["name"]
+    assert store.missing_days(first, YESTERDAY) == []
+
+
+def test_answers_never_grow_past_the_memory_ceiling_even_if_the_rate_limit_waits(
+    fake: FakeOpenRouter, clock: FakeClock, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("bot.openrouter.ANALYTICS_TARGET_ROWS", 20)
+    monkeypatch.setattr("bot.openrouter.ANALYTICS_MAX_ROWS", 20)
+    sizes = answer_sizes(fake, monkeypatch)
+    with client_for(fake, clock) as client:
+        result = run_sync(client, store, now=NOW, backfill=dt.timedelta(days=200))
+    assert result.history is not None and result.history.queries > 64
+    assert sum(clock.sleeps) >= 60 and fake.rate_limited == 0  # waited on our side
+    unfiltered = [rows for rows, _ in sizes[4:]]  # after the shared-name rounds
+    assert max(unfiltered) <= 2 * 20  # a window is sized by density: close to 20, never far
+    first = TODAY - DAY * 200
+    got = key_costs(store, first, YESTERDAY)
+    assert close(sum(got.values(), Decimal(0)), cost(truth(fake, first, YESTERDAY)))
+
+
+def test_a_server_that_cuts_answers_short_still_wins_over_larger_answers(
+    fake: FakeOpenRouter, clock: FakeClock, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the budget asks for ~70-row answers; the server cuts at 50 (as a real one may at 10,000)
+    monkeypatch.setattr("bot.openrouter.ANALYTICS_TARGET_ROWS", 20)
+    monkeypatch.setattr("bot.openrouter.ANALYTICS_MAX_ROWS", 10_000)
+    fake.analytics_max_rows = 50
+    sizes = answer_sizes(fake, monkeypatch)
+    with client_for(fake, clock) as client:
+        run_sync(client, store, now=NOW)
+    cut = [i for i, (_, truncated) in enumerate(sizes) if truncated]
+    assert cut  # the server did cut
+    assert len(cut) <= 3  # and later windows stayed below where it cut
+    assert all(rows <= 50 for rows, _ in sizes[cut[0]:])
+    first = TODAY - DAY * 365
+    got = key_costs(store, first, YESTERDAY)
+    for key in fake.keys:
+        want = cost(truth_of(fake.key_activity[key["hash"]], first, YESTERDAY))
+        assert close(got.get(key["hash"], Decimal(0)), want), key["name"]
+    assert close(sum(got.values(), Decimal(0)), cost(truth(fake, first, YESTERDAY)))
+
+
+def test_an_answer_is_handed_on_a_chunk_at_a_time_and_each_window_closes_after_its_rows(
+    fake: FakeOpenRouter, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("bot.openrouter.ANALYTICS_CHUNK", 7)
+    first, last = TODAY - DAY * 90, YESTERDAY
+    calls: list[tuple[Any, ...]] = []
+    with client_for(fake, clock) as client:
+        keys = client.inventory().keys
+        client.key_model_days(first, last, keys,
+                              lambda a, b, rows: calls.append(("rows", a, b, list(rows))),
+                              on_window=lambda a, b: calls.append(("window", a, b)))
+    windows = [(c[1], c[2]) for c in calls if c[0] == "window"]
+    assert windows[0][1] == last and windows[-1][0] == first
+    assert all(a - DAY == d for (a, _), (_, d) in zip(windows, windows[1:], strict=False))
+    chunks_of: dict[tuple[dt.date, dt.date], list[int]] = {}
+    closed: set[tuple[dt.date, dt.date]] = set()
+    for call in calls:
+        if call[0] == "window":
+            closed.add((call[1], call[2]))
+            continue
+        span = (call[1], call[2])
+        assert span not in closed  # no row of a window after it closed
+        assert all(call[1] <= r.date <= call[2] for r in call[3])
+        chunks_of.setdefault(span, []).append(len(call[3]))
+    assert any(len(sizes) > 2 for sizes in chunks_of.values())  # answers came in chunks
+    # every chunk but the one that closes a window (shared names' rest) is at most 7 rows
+    assert all(n <= 7 for sizes in chunks_of.values() for n in sizes[:-1])
+    got: dict[str, Decimal] = {}
+    for call in calls:
+        for r in call[3] if call[0] == "rows" else ():
+            got[r.key_hash] = got.get(r.key_hash, Decimal(0)) + r.cost
+    assert close(sum(got.values(), Decimal(0)), cost(truth(fake, first, last)))
+    for key in fake.keys:
+        want = cost(truth_of(fake.key_activity[key["hash"]], first, last))
+        assert close(got.get(key["hash"], Decimal(0)), want), key["name"]
+
+
+def test_a_bad_row_deep_in_an_answer_is_one_clear_error(
+    fake: FakeOpenRouter, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("bot.openrouter.ANALYTICS_CHUNK", 2)
+    day = YESTERDAY - DAY * 40
+    good = {"date__day": f"{day}T00:00:00.000Z", "api_key_id": "api", "model": "openai/gpt-4o",
+            "total_usage": 0.75, "credits_usage": 0.75, "byok_usage": None,
+            "request_count": "12", "tokens_prompt": "1200", "tokens_completion": "300",
+            "reasoning_tokens": None}
+    answer = {"data": {"data": [good, good, good, dict(good, credits_usage="a lot"), good],
+                       "metadata": {"query_time_ms": 3, "row_count": 5, "truncated": False}}}
+    fake.fail_next("/analytics/query", 200, body=answer)
+    with client_for(fake, clock) as client:
+        keys = [k for k in client.inventory().keys if k.name == "api"]
+        with pytest.raises(ApiError) as err:
+            client.key_model_days(day, day, keys, lambda a, b, rows: None)
+    assert str(err.value) == ("OpenRouter /analytics/query returned a malformed body: "
+                              "credits_usage is not a number (invalid decimal string)")

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from bot.config import MAX_BACKFILL
 from bot.errors import ApiError
-from bot.models import DAY, SETTLE, ActivityRow, ApiKey, Snapshot, placeholder_name
+from bot.models import DAY, SETTLE, ZERO, ActivityRow, ApiKey, Snapshot, placeholder_name
 
 if TYPE_CHECKING:
     from bot.openrouter import OpenRouterClient
@@ -204,17 +204,22 @@ def fill_history(
         store.set_meta(FROM_META, min(first.isoformat(), old_from or "9999"))
         store.set_meta(TO_META, max(last.isoformat(), old_to or ""))
 
-    def keep_keys(first: dt.date, last: dt.date, rows: list[ActivityRow]) -> None:
-        _compare(store, rows, first, last, overlap, names, both, SOURCE_ACTIVITY)
+    compare = _Comparison(store, overlap, names, both, SOURCE_ACTIVITY)
+
+    def keep_rows(first: dt.date, last: dt.date, rows: list[ActivityRow]) -> None:
+        compare.add(rows)
         fill.rows += batch.analytics(rows)
+
+    def window_done(first: dt.date, last: dt.date) -> None:
+        compare.check(first, last)
         batch.flush()
         remember(first, last)
 
     try:
         for start, end in fill.ranges:
             log.debug("analytics: filling %s..%s", start, end)
-            fill.queries += client.key_model_days(start, end, list(keys.values()), keep_keys,
-                                                  progress)
+            fill.queries += client.key_model_days(start, end, list(keys.values()), keep_rows,
+                                                  progress, on_window=window_done)
             fill.queries += _org_days(client, store, start, end, now)
     except AnalyticsUnavailable as exc:
         fill.unavailable = exc.reason.split(" ", 1)[0]
@@ -261,51 +266,63 @@ def _org_days(
     return queries
 
 
-def _compare(
-    store: Store,
-    rows: list[ActivityRow],
-    first: dt.date,
-    last: dt.date,
-    overlap: tuple[dt.date, dt.date],
-    names: dict[str, str],
-    both: Disagreement,
-    source: int,
-) -> None:
-    """Compare analytics rows with /activity on the days both cover: per day, per day and
-    model (org-wide), per day and key."""
-    a, b = max(first, overlap[0]), min(last, overlap[1])
-    if a > b:
-        return
-    day_cost: dict[dt.date, Decimal] = {}
-    model_cost: dict[tuple[dt.date, str], Decimal] = {}
-    key_cost: dict[tuple[dt.date, str], Decimal] = {}
-    for row in rows:
-        if a <= row.date <= b:
-            day_cost[row.date] = day_cost.get(row.date, Decimal(0)) + row.cost
-            slot = (row.date, row.model_permaslug)
-            model_cost[slot] = model_cost.get(slot, Decimal(0)) + row.cost
-            slot = (row.date, row.key_hash)
-            key_cost[slot] = key_cost.get(slot, Decimal(0)) + row.cost
-    org_days, org_models = store.org_activity_costs(a, b)
-    for day in set(org_days) | set(day_cost):
-        diff = day_cost.get(day, Decimal(0)) - org_days.get(day, Decimal(0))
-        if abs(diff) >= CENT:
-            both.days.add(day)
-            both.note(diff, f"{day}, all keys")
-    for slot in set(org_models) | set(model_cost):
-        diff = model_cost.get(slot, Decimal(0)) - org_models.get(slot, Decimal(0))
-        if abs(diff) >= CENT:
-            both.models += 1
-            both.note(diff, f"{slot[0]}, {slot[1]}")
-    covered = store.covered_key_days(a, b)
-    held = store.key_day_sums(a, b, source)
-    for slot in {(d, h) for h, d in covered}:
-        have = held.get(slot)
-        diff = key_cost.get(slot, Decimal(0)) - (have[0] + have[1] if have else Decimal(0))
-        if abs(diff) >= CENT:
-            both.keys += 1
-            name = names.get(slot[1]) or placeholder_name(slot[1]) or slot[1][:12]
-            both.note(diff, f"{slot[0]}, key {name}")
+class _Comparison:
+    """Analytics rows against /activity on the days both cover: per day, per day and model
+    (org-wide), per day and key. Rows are added as they arrive (a window may come in several
+    chunks); `check` compares a whole window once all of it has arrived."""
+
+    def __init__(
+        self,
+        store: Store,
+        overlap: tuple[dt.date, dt.date],
+        names: dict[str, str],
+        both: Disagreement,
+        source: int,
+    ) -> None:
+        self.store, self.overlap, self.names, self.both = store, overlap, names, both
+        self.source = source
+        self.day_cost: dict[dt.date, Decimal] = {}
+        self.model_cost: dict[tuple[dt.date, str], Decimal] = {}
+        self.key_cost: dict[tuple[dt.date, str], Decimal] = {}
+
+    def add(self, rows: list[ActivityRow]) -> None:
+        a, b = self.overlap
+        for row in rows:
+            if a <= row.date <= b:
+                cost = row.cost
+                self.day_cost[row.date] = self.day_cost.get(row.date, ZERO) + cost
+                slot = (row.date, row.model_permaslug)
+                self.model_cost[slot] = self.model_cost.get(slot, ZERO) + cost
+                slot = (row.date, row.key_hash)
+                self.key_cost[slot] = self.key_cost.get(slot, ZERO) + cost
+
+    def check(self, first: dt.date, last: dt.date) -> None:
+        day_cost, model_cost, key_cost = self.day_cost, self.model_cost, self.key_cost
+        self.day_cost, self.model_cost, self.key_cost = {}, {}, {}
+        a, b = max(first, self.overlap[0]), min(last, self.overlap[1])
+        if a > b:
+            return
+        both, store = self.both, self.store
+        org_days, org_models = store.org_activity_costs(a, b)
+        for day in set(org_days) | set(day_cost):
+            diff = day_cost.get(day, ZERO) - org_days.get(day, ZERO)
+            if abs(diff) >= CENT:
+                both.days.add(day)
+                both.note(diff, f"{day}, all keys")
+        for slot in set(org_models) | set(model_cost):
+            diff = model_cost.get(slot, ZERO) - org_models.get(slot, ZERO)
+            if abs(diff) >= CENT:
+                both.models += 1
+                both.note(diff, f"{slot[0]}, {slot[1]}")
+        covered = store.covered_key_days(a, b)
+        held = store.key_day_sums(a, b, self.source)
+        for slot in {(d, h) for h, d in covered}:
+            have = held.get(slot)
+            diff = key_cost.get(slot, ZERO) - (have[0] + have[1] if have else ZERO)
+            if abs(diff) >= CENT:
+                both.keys += 1
+                name = self.names.get(slot[1]) or placeholder_name(slot[1]) or slot[1][:12]
+                both.note(diff, f"{slot[0]}, key {name}")
 
 
 def _cents(value: Decimal) -> str:
