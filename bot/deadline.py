@@ -8,6 +8,9 @@ whose connections take every connect, read and write timeout from the deadline t
 
 from __future__ import annotations
 
+import functools
+import os
+import ssl
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -84,12 +87,20 @@ class _Backend(httpcore.NetworkBackend):
         self._backend.sleep(seconds)
 
 
+@functools.lru_cache(maxsize=4)
+def _ssl_context(cert_file: str | None, cert_dir: str | None) -> ssl.SSLContext:
+    """httpx's verifying context (it honours SSL_CERT_FILE/SSL_CERT_DIR), built once per
+    process for each value of those variables: loading the CA bundle takes ~20 ms."""
+    return httpx.create_ssl_context()
+
+
 def deadline_transport(limits: httpx.Limits) -> httpx.HTTPTransport:
     """An httpx transport (certificates verified) whose requests keep :func:`deadline`."""
-    transport = httpx.HTTPTransport(limits=limits)
+    context = _ssl_context(os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
+    transport = httpx.HTTPTransport(verify=context, limits=limits)
     # the same pool httpx builds, on a network backend that knows the deadline
     transport._pool = httpcore.ConnectionPool(
-        ssl_context=httpx.create_ssl_context(),
+        ssl_context=context,
         max_connections=limits.max_connections,
         max_keepalive_connections=limits.max_keepalive_connections,
         keepalive_expiry=limits.keepalive_expiry,

@@ -28,6 +28,7 @@ rendered HTML's ``<title>``, which templates set with ``{% block subject %}`` of
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import html
 import io
 import json
@@ -351,6 +352,45 @@ def _template_error(name: str, exc: Exception) -> ConfigError:
     return ConfigError(f"template {where}{f':{line}' if line else ''}: {detail}")
 
 
+@functools.lru_cache(maxsize=8)
+def _environment(templates_dir: str | None) -> jinja2.Environment:
+    """The Jinja environment for `templates_dir` (before the bundled templates), one per
+    process: it keeps compiled templates, and reloads a template whose file changed."""
+    loaders: list[jinja2.BaseLoader] = []
+    if templates_dir is not None:
+        loaders.append(jinja2.FileSystemLoader(templates_dir))
+    loaders.append(jinja2.FileSystemLoader(str(bundled_templates_dir())))
+    env = jinja2.Environment(
+        loader=jinja2.ChoiceLoader(loaders),
+        autoescape=jinja2.select_autoescape(["html", "html.j2"], default_for_string=False),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=False,
+        finalize=_finalize,
+    )
+    env.filters.update(FILTERS)
+    env.globals["alert_words"] = functools.partial(_alert_words, env)
+    return env
+
+
+def _alert_words(env: jinja2.Environment, obs: Observation) -> AlertWords:
+    """The words of one alert observation, from the macros of `_alert_words.j2`."""
+    try:
+        template = env.get_template(ALERT_WORDS)
+    except _TEMPLATE_ERRORS as exc:
+        raise _template_error(ALERT_WORDS, exc) from exc
+    try:
+        macros = template.module
+        # called from Python, the macros return plain str (never Markup): callers escape
+        # them. A macro with a default (added later) may be missing from a user's copy.
+        return AlertWords(**{f.name: str(getattr(macros, f.name)(obs)).strip()
+                             for f in fields(AlertWords)
+                             if f.default is MISSING or hasattr(macros, f.name)})
+    except (*_TEMPLATE_ERRORS, AttributeError) as exc:  # AttributeError: a macro is missing
+        raise _template_error(template.filename or ALERT_WORDS, exc) from exc
+
+
 class Renderer:
     """Renders digests, reports and alerts from Jinja templates into message values."""
 
@@ -359,23 +399,9 @@ class Renderer:
     ) -> None:
         """`png_charts`: draw PNG charts (None: when matplotlib is installed)."""
         self._png_charts = png_charts
-        loaders: list[jinja2.BaseLoader] = []
-        if templates_dir is not None:
-            if not templates_dir.is_dir():
-                raise ConfigError(f"templates_dir: {templates_dir} is not a folder")
-            loaders.append(jinja2.FileSystemLoader(str(templates_dir)))
-        loaders.append(jinja2.FileSystemLoader(str(bundled_templates_dir())))
-        self.env = jinja2.Environment(
-            loader=jinja2.ChoiceLoader(loaders),
-            autoescape=jinja2.select_autoescape(["html", "html.j2"], default_for_string=False),
-            undefined=jinja2.StrictUndefined,
-            trim_blocks=True,
-            lstrip_blocks=True,
-            keep_trailing_newline=False,
-            finalize=_finalize,
-        )
-        self.env.filters.update(FILTERS)
-        self.env.globals["alert_words"] = self.alert_words
+        if templates_dir is not None and not templates_dir.is_dir():
+            raise ConfigError(f"templates_dir: {templates_dir} is not a folder")
+        self.env = _environment(str(templates_dir) if templates_dir is not None else None)
 
     # generic
 
@@ -420,16 +446,7 @@ class Renderer:
 
     def alert_words(self, obs: Observation) -> AlertWords:
         """The words of one alert observation, from the macros of `_alert_words.j2`."""
-        template = self._template(ALERT_WORDS)
-        try:
-            macros = template.module
-            # called from Python, the macros return plain str (never Markup): callers escape
-            # them. A macro with a default (added later) may be missing from a user's copy.
-            return AlertWords(**{f.name: str(getattr(macros, f.name)(obs)).strip()
-                                 for f in fields(AlertWords)
-                                 if f.default is MISSING or hasattr(macros, f.name)})
-        except (*_TEMPLATE_ERRORS, AttributeError) as exc:  # AttributeError: a macro is missing
-            raise _template_error(template.filename or ALERT_WORDS, exc) from exc
+        return _alert_words(self.env, obs)
 
     # digests and reports
 
