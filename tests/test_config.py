@@ -211,3 +211,24 @@ def test_destination_parses_into_kind_and_target_and_prints_back_the_same(
 def test_a_malformed_destination_names_the_forms_it_accepts(text: str) -> None:
     with pytest.raises(ConfigError, match=r"^--to x: expected a destination such as slack:#"):
         parse_destination(text, "--to x")
+
+
+@pytest.mark.parametrize("libyaml", [True, False])
+def test_yaml_reads_alike_with_and_without_libyaml(tmp_path: Path, monkeypatch, libyaml) -> None:
+    """The config is read with libyaml where PyYAML has it, else with PyYAML's own parser:
+    the same values, aliases refused and deep nesting one ConfigError either way."""
+    import yaml
+
+    if not libyaml:
+        monkeypatch.delattr(yaml, "CSafeLoader")
+    path = tmp_path / "c.yaml"
+    path.write_text("timezone: Europe/Berlin\nopenrouter: {timeout: 7, concurrency: 3}\n")
+    config = load_config(path, {"OPENROUTER_MANAGEMENT_KEY": "k"})
+    assert (config.timezone, config.openrouter.timeout, config.openrouter.concurrency) == (
+        "Europe/Berlin", 7.0, 3)
+    path.write_text("a: &x [1, 2]\nb: *x\n")
+    with pytest.raises(ConfigError, match="line 2, column 4: aliases"):
+        load_config(path, {})
+    path.write_text("a: " + "[" * 5000 + "]" * 5000 + "\n")
+    with pytest.raises(ConfigError, match="c.yaml: "):
+        load_config(path, {})
