@@ -134,7 +134,9 @@ def _write(conn: Db) -> AbstractContextManager[Db]:
 
 
 def migrate(conn: Db | sqlite3.Connection, *, target: int | None = None) -> int:
-    """Apply the migrations not yet applied (up to `target`), each in its own transaction.
+    """Apply the migrations not yet applied (up to `target`): on an existing database each in
+    its own transaction, on a new one all in one (a new history appears whole or not at all,
+    and an order of magnitude faster: one commit, not one per migration).
 
     Returns the schema version. Running it again is a no-op; two processes starting at once
     apply each migration once (the second waits for the write lock, then sees it applied).
@@ -156,17 +158,19 @@ def migrate(conn: Db | sqlite3.Connection, *, target: int | None = None) -> int:
                 "CREATE TABLE IF NOT EXISTS schema_migrations "
                 "(version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)"
             ))
-            for statement in MIGRATIONS[version]:
-                if isinstance(statement, PerDialect):
-                    db.execute(statement.for_dialect(db.dialect))
-                else:
-                    db.execute(db.ddl(statement))
-            version += 1
-            # applied_at is an audit note from the database's clock, not an input to any logic
-            db.execute(
-                f"INSERT INTO schema_migrations (version, applied_at) VALUES (?, {db.now_sql})",
-                (version,),
-            )
+            last = target if version == 0 else version + 1
+            while version < last:
+                for statement in MIGRATIONS[version]:
+                    if isinstance(statement, PerDialect):
+                        db.execute(statement.for_dialect(db.dialect))
+                    else:
+                        db.execute(db.ddl(statement))
+                version += 1
+                # applied_at is an audit note from the database's clock, not an input to logic
+                db.execute(
+                    f"INSERT INTO schema_migrations (version, applied_at) VALUES (?, {db.now_sql})",
+                    (version,),
+                )
             db.set_schema_version(version)
     return version
 
