@@ -667,8 +667,10 @@ def _parse_yaml(text: str, source: str) -> Any:
             return yaml.load(text, Loader=_loader())
         for event in yaml.parse(text, Loader=fast):  # refuse aliases before building
             if isinstance(event, yaml.AliasEvent):
-                raise yaml.MarkedYAMLError(problem="aliases (*name) are not allowed",
-                                           problem_mark=event.start_mark)
+                mark = event.start_mark
+                where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+                raise ConfigError(f"{source}: not valid YAML{where}: aliases (*name) are not "
+                                  "allowed")
         return yaml.load(text, Loader=fast)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark

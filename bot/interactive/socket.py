@@ -19,7 +19,9 @@ delivers again (same id) is acknowledged again but handled once.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import socket
 import threading
 import time
 from collections import OrderedDict
@@ -101,7 +103,7 @@ class SocketListener:
             logger=_SDK_LOG,
             ping_interval=self._ping_interval,
             concurrency=2,  # they only acknowledge; the work runs on our pool
-            on_open_listeners=[lambda _ws: self._opened()],
+            on_open_listeners=[self._close_promptly, lambda _ws: self._opened()],
             on_close_listeners=[lambda _ws: self._closed()],
             on_error_listeners=[self._on_error],
         )
@@ -206,6 +208,33 @@ class SocketListener:
     def _closed(self) -> None:
         if not self._stopping.is_set():
             log.info("Slack Socket Mode: connection closed, reconnecting")
+
+    @staticmethod
+    def _close_promptly(ws: Any) -> None:
+        """Make the SDK's close of this connection end its receive loop first.
+
+        On Slack's `disconnect` (a refresh, ~10 s before Slack closes the connection), the
+        SDK opens a new connection and closes the old one from another thread; the new one
+        starts only once the old one's receive loop has ended. Closing the socket under that
+        loop leaves it in select() on a closed descriptor for up to 10 s (no connection all
+        that time). So a close first stops the loop, shuts the socket's reading side (which
+        wakes select()) and waits briefly for the loop to let go of the socket; then it
+        closes as the SDK does."""
+        close = ws.close
+
+        def close_now(**kwargs: Any) -> None:
+            ws.keep_running = False
+            sock = ws.sock
+            raw = getattr(sock, "sock", None)
+            if raw is not None:
+                with contextlib.suppress(OSError):
+                    raw.shutdown(socket.SHUT_RD)
+                deadline = time.monotonic() + 2.0
+                while ws.sock is sock and time.monotonic() < deadline:
+                    time.sleep(0.005)
+            close(**kwargs)
+
+        ws.close = close_now
 
     def _on_request(self, client: Any, req: SocketModeRequest) -> None:
         """Acknowledge at once; hand a first delivery to the pool."""
