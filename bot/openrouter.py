@@ -66,10 +66,10 @@ ANALYTICS_LIMIT = 10_000  # the documented maximum; the server may raise it for 
 # and stored a chunk at a time, so an answer costs ~0.4 KB a row at its peak
 ANALYTICS_TARGET_ROWS = 24_000
 # ...and at most, when answers of the target size would take more queries than the rate limit
-# lets us send without waiting (a year of a 560-key org: ~1.7 million rows, ~50 queries)
+# lets us send without waiting (a year of a 560-key org: ~1.7 million rows, ~45 answers)
 ANALYTICS_MAX_ROWS = 48_000
 ANALYTICS_RESERVE = 4  # queries a backfill leaves free for the rest of the sync (providers)
-ANALYTICS_CHUNK = 5_000  # rows of an answer decoded and handed on at a time
+ANALYTICS_CHUNK = 2_000  # rows of an answer decoded and handed on at a time
 ANALYTICS_FIRST_DAYS = 1  # the first window, which measures how many rows a day has
 # before the first answer, a day is guessed to hold this many rows per key (models per key):
 # a large org's first day is then asked in key sets, not in one answer too big to hold
@@ -1098,6 +1098,7 @@ class OpenRouterClient:
             parts = max(1, -(-len(all_hashes) * ANALYTICS_GUESS_PER_KEY // target))
         total = 0
         seen = 0
+        plan: tuple[int, int] | None = None  # (queries planned for the rest, total then)
 
         def count(first: dt.date, last: dt.date, rows: list[_RawAnalyticsRow]) -> None:
             nonlocal seen
@@ -1138,12 +1139,17 @@ class OpenRouterClient:
             density = max(seen / days, 1.0)
             rows = target
             left = (first - start).days
-            if left > 0:  # what the rest needs to fit the rate limit's free queries
-                free = max(1, self._analytics_limit.free() - ANALYTICS_RESERVE)
-                rows = min(ceiling, max(target, -(-int(density * left) // free)))
+            if left > 0:  # what the rest needs to fit 3/4 of the rate limit's free queries
+                # (the last quarter is room for a retry, a 408 or an answer cut short), planned
+                # once, when the first window has measured the density
+                if plan is None:
+                    free = self._analytics_limit.free() - ANALYTICS_RESERVE
+                    plan = (max(1, free * 3 // 4), total)
+                queries_left = max(1, plan[0] - (total - plan[1]))
+                rows = min(ceiling, max(target, -(-int(density * left) // queries_left)))
             span = int(max(1, min(max_days, round(rows / density))))
-            if "api_key_id" in dimensions:
-                parts = -(-int(density) // rows) if density > rows * 1.25 else 1
+            if "api_key_id" in dimensions:  # a day over the ceiling comes in key sets
+                parts = -(-int(density) // rows) if density > min(rows * 1.25, ceiling) else 1
             last = first - DAY
         return total
 
@@ -1292,7 +1298,7 @@ class OpenRouterClient:
         body: Mapping[str, Any] | None = None,
         retry_408: bool = True,
         before: Callable[[], None] | None = None,
-    ) -> bytes:
+    ) -> bytes | bytearray:
         """One request with retries; returns the body. Raises ApiError (or a subclass)."""
         if path != "/key":
             self.check_key()
@@ -1337,15 +1343,21 @@ class OpenRouterClient:
         params: Mapping[str, str] | None,
         body: Mapping[str, Any] | None,
         retry_408: bool,
-    ) -> bytes:
+    ) -> bytes | bytearray:
         """One request. Returns the body of a 2xx, raises _Retry for what may pass, ApiError
         for what won't."""
         started = time.monotonic()
         try:
             if body is None:
                 resp = self._http.request(method, path, params=params)
-            else:
-                resp = self._http.request(method, path, params=params, json=body)
+                content: bytes | bytearray = resp.content
+            else:  # a POST (analytics) answer may be large: read into one buffer
+                request = self._http.build_request(method, path, params=params, json=body)
+                resp = self._http.send(request, stream=True)
+                try:
+                    content = _read_body(resp)
+                finally:
+                    resp.close()
         except httpx.TimeoutException as exc:
             log.debug("%s %s -> timeout after %.0f ms", method, path, _ms(started))
             raise _Retry(f"timed out: no complete answer within {self.timeout:g}s "
@@ -1364,9 +1376,9 @@ class OpenRouterClient:
         log.debug("%s %s -> %d in %.0f ms", method, path, resp.status_code, _ms(started))
         status = resp.status_code
         if 200 <= status < 300:
-            return resp.content
+            return content
         reason = f"{status} {resp.reason_phrase}".strip()
-        message = self._redact(_api_message(resp.content))
+        message = self._redact(_api_message(bytes(content)))
         described = f"{reason}: {message}" if message else reason
         if status == 401:
             raise AuthError(
@@ -1387,7 +1399,7 @@ class OpenRouterClient:
 
     # -- decoding --------------------------------------------------------------------------------
 
-    def _envelope(self, path: str, content: bytes) -> _Envelope:
+    def _envelope(self, path: str, content: bytes | bytearray) -> _Envelope:
         """The body's outer object; ApiError when it is not JSON, not an object, has no `data`."""
         try:
             envelope = _decoder(_Envelope).decode(content)
@@ -1412,7 +1424,7 @@ class OpenRouterClient:
     def _decode(
         self,
         path: str,
-        content: bytes,
+        content: bytes | bytearray,
         kind: Any,
         expected: str,
         slow: Callable[[Any], Any] | None = None,
@@ -1559,8 +1571,17 @@ def _wait_all(futures: list[Future[Any]]) -> None:
             future.result()
 
 
-def _kind_of(raw: bytes) -> str:
-    first = raw.lstrip()[:1]
+def _read_body(resp: httpx.Response) -> bytearray:
+    """A streamed response's body, grown in place as it arrives (decompressed if it came
+    compressed): a large body is never held twice, as the pieces read and their join."""
+    body = bytearray()
+    for piece in resp.iter_bytes():
+        body += piece
+    return body
+
+
+def _kind_of(raw: bytes | bytearray) -> str:
+    first = bytes(raw.lstrip()[:1])
     names = {b"{": "an object", b"[": "a list", b'"': "a string", b"t": "a boolean",
              b"f": "a boolean", b"n": "null"}
     return names.get(first, "a number")
