@@ -192,9 +192,11 @@ def fill_history(
     if not fill.ranges:
         return fill
     # names map back to hashes through every key we know, deleted ones included
-    keys = {k.hash: k for k in store.keys()}
+    stored = store.keys()  # read once: a large org's keys take megabytes
+    names = store.key_names(stored)
+    keys = {k.hash: k for k in stored}
+    del stored
     keys.update({k.hash: k for k in live_keys})
-    names = store.key_names()
     overlap = activity_window(now)
     batch = store.usage_batch(now)
     both = fill.disagreement

@@ -394,11 +394,12 @@ class UsageBatch:
                     [(m,) for m in sorted(months)],
                 )
                 for key_hash, first, last in covered:
-                    conn.execute(
-                        "DELETE FROM key_usage WHERE key_id = ? AND date BETWEEN ? AND ? "
-                        "AND source = ?",
-                        (key_ids[key_hash], first.isoformat(), last.isoformat(),
-                         SOURCE_ANALYTICS),
+                    # day by day: each is a seek on the primary key (date, key_id, ...); a
+                    # range of dates would read every key's rows of those days, for each key
+                    conn.executemany(
+                        "DELETE FROM key_usage WHERE date = ? AND key_id = ? AND source = ?",
+                        [(d.isoformat(), key_ids[key_hash], SOURCE_ANALYTICS)
+                         for d in _days(first, last)],
                     )
                     self.stats.days_covered_new += self.store._cover(key_hash, first, last,
                                                                      self.as_of)
@@ -940,10 +941,12 @@ class Store:
         rows = self._rows("SELECT * FROM workspaces ORDER BY name, id")
         return [Workspace(r["id"], r["name"], r["slug"]) for r in rows]
 
-    def key_names(self) -> dict[str, str]:
-        """Key hash -> display name, for every key ever seen: keys sharing a name show their
-        workspace, and spend the analytics API gave to an unknown key name has its own."""
-        names = key_labels(self.keys(), {w.id: w.display_name for w in self.workspaces()})
+    def key_names(self, keys: Sequence[ApiKey] | None = None) -> dict[str, str]:
+        """Key hash -> display name, for every key ever seen (`keys`: what `keys()` gave, not
+        read again): keys sharing a name show their workspace, and spend the analytics API
+        gave to an unknown key name has its own."""
+        names = key_labels(self.keys() if keys is None else keys,
+                           {w.id: w.display_name for w in self.workspaces()})
         for (key_hash,) in self.conn.execute(
             "SELECT hash FROM key_ids WHERE hash LIKE ?", (PLACEHOLDER_PREFIX + "%",)
         ):
