@@ -49,20 +49,14 @@ def per_million(cost: Decimal, tokens: Decimal) -> Decimal | None:
     return cost / tokens * MILLION if tokens > 0 else None
 
 
-@dataclass(frozen=True)
-class Contributor:
-    """One key x model: its cost, requests and tokens now against its usual."""
+class _Against:
+    """Spend and tokens now against their usual: the change and the $ per million tokens
+    (blended over models where there are several)."""
 
-    key_hash: str  # "" when only models are known
-    key: str  # the key's display name ("" when only models are known)
-    model: str  # "" when only keys are known
     cost: Decimal
     usual: Decimal
-    requests: Decimal
-    usual_requests: Decimal
     tokens: Decimal
     usual_tokens: Decimal
-    new_model: bool = False  # its model was used by nobody in the baseline
 
     @property
     def delta(self) -> Decimal:
@@ -75,6 +69,22 @@ class Contributor:
     @property
     def usual_price(self) -> Decimal | None:
         return per_million(self.usual, self.usual_tokens)
+
+
+@dataclass(frozen=True)
+class Contributor(_Against):
+    """One key x model: its cost, requests and tokens now against its usual."""
+
+    key_hash: str  # "" when only models are known
+    key: str  # the key's display name ("" when only models are known)
+    model: str  # "" when only keys are known
+    cost: Decimal
+    usual: Decimal
+    requests: Decimal
+    usual_requests: Decimal
+    tokens: Decimal
+    usual_tokens: Decimal
+    new_model: bool = False  # its model was used by nobody in the baseline
 
     @property
     def new(self) -> bool:
@@ -118,7 +128,7 @@ def _driver(volume: Decimal, price: Decimal) -> Literal["volume", "price", "both
 
 
 @dataclass(frozen=True)
-class Explanation:
+class Explanation(_Against):
     """A change in spend, its top contributors and where it came from."""
 
     cost: Decimal
@@ -134,20 +144,6 @@ class Explanation:
     counts: bool = True  # whether requests and tokens are known (not from key usage alone)
     mix_effect: Decimal = ZERO  # the rest: pricier or cheaper models, new or gone ones
     usual_known: bool = True  # False: there is no usual to compare with (yet)
-
-    @property
-    def delta(self) -> Decimal:
-        return self.cost - self.usual
-
-    @property
-    def price(self) -> Decimal | None:
-        """The blended $ per million tokens now."""
-        return per_million(self.cost, self.tokens)
-
-    @property
-    def usual_price(self) -> Decimal | None:
-        """The usual blended $ per million tokens."""
-        return per_million(self.usual, self.usual_tokens)
 
     @property
     def rising(self) -> bool:
