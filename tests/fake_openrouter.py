@@ -12,7 +12,9 @@ the activity rows; minute (windows up to 3 h) and hour buckets from `minute_spen
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
+import itertools
 import json
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -163,7 +165,23 @@ def workspace_org(last_day: dt.date, days: int = 3) -> dict[str, Any]:
 def year_org(today: dt.date, days: int = 365) -> dict[str, Any]:
     """A small org with `days` days of history before `today`: six keys in three workspaces
     (two named "staging"; one BYOK), a deleted key whose spend stays in the analytics API,
-    and spend without any key; three models, one of them served by two providers."""
+    and spend without any key; three models, one of them served by two providers.
+
+    Built once per (today, days); each call gets its own copy to change as it likes."""
+    org = _year_org(today, days)
+    return {
+        "credits": dict(org["credits"]),
+        "activity": [dict(r) for r in org["activity"]],
+        "key_activity": {h: [dict(r) for r in rows] for h, rows in org["key_activity"].items()},
+        "keys": [dict(k) for k in org["keys"]],
+        "workspaces": [dict(w) for w in org["workspaces"]],
+        "deleted_keys": dict(org["deleted_keys"]),
+        "keyless": [dict(r) for r in org["keyless"]],
+    }
+
+
+@functools.lru_cache(maxsize=4)
+def _year_org(today: dt.date, days: int) -> dict[str, Any]:
     workspaces = [
         {"id": DEFAULT_WORKSPACE, "name": "Default", "slug": "default"},
         {"id": "6a1f0c2e-0000-4000-8000-00000000b001", "name": "Production", "slug": "prod"},
@@ -453,10 +471,9 @@ class FakeOpenRouter:
                         r.get("completion_tokens") or 0, r.get("reasoning_tokens") or 0,
                     ))
             self._facts = index
-        day = first
-        while day <= last:
-            yield from self._facts.get(day, ())
-            day += DAY
+        index = self._facts
+        return itertools.chain.from_iterable(
+            index.get(first + DAY * n, ()) for n in range((last - first).days + 1))
 
     def timed_facts(self, start: dt.datetime, end: dt.datetime, granularity: str
                     ) -> Iterable[tuple[Any, ...]]:
@@ -506,7 +523,7 @@ class FakeOpenRouter:
         labels = self.labels()
         resolvable = {k["hash"] for k in self.keys}
         warnings: list[str] = []
-        keep: Callable[[str | None], bool] = lambda h: True  # noqa: E731
+        keep: Callable[[str | None], bool] | None = None
         for f in body.get("filters") or []:
             if f.get("field") != "api_key_id":
                 return 400, _error(400, f"Filtering on {f.get('field')} is not faked")
@@ -516,26 +533,36 @@ class FakeOpenRouter:
                 warnings.append(f"Could not resolve api_key_id values: {len(unknown)}")
             wanted = set(values) & resolvable
             if f["operator"] in ("in", "eq"):
-                keep = lambda h, w=wanted, k=keep: k(h) and h in w  # noqa: E731
+                keep = lambda h, w=wanted, k=keep: (k is None or k(h)) and h in w  # noqa: E731
             elif f["operator"] in ("not_in", "neq"):
-                keep = lambda h, w=wanted, k=keep: k(h) and h not in w  # noqa: E731
+                keep = (lambda h, w=wanted, k=keep:  # noqa: E731
+                        (k is None or k(h)) and h not in w)
             else:
                 return 400, _error(400, f"Operator {f['operator']} is not faked for api_key_id")
         groups: dict[tuple[Any, ...], list[Any]] = {}
         spaces = {w["id"]: w["name"] for w in self.workspaces or []}
         facts = (self.timed_facts(start, end, granularity) if granularity in ("minute", "hour")
                  else self.facts(start.date(), (end - dt.timedelta(microseconds=1)).date()))
+        value_of: dict[str, Callable[[tuple[Any, ...]], Any]] = {
+            "api_key_id": lambda f: labels.get(f[1]) if f[1] else None,
+            "model": lambda f: f[2], "provider": lambda f: f[3],
+            "workspace": lambda f: spaces.get(f[4], "Default"),
+        }
+        getters = [value_of.get(d, lambda f: None) for d in dims]
         for fact in facts:
-            day, key_hash = fact[0], fact[1]
-            if not keep(key_hash):
+            if keep is not None and not keep(fact[1]):
                 continue
-            values = {"api_key_id": labels.get(key_hash) if key_hash else None,
-                      "model": fact[2], "provider": fact[3],
-                      "workspace": spaces.get(fact[4], "Default")}
-            slot = (day, *(values.get(d) for d in dims))
-            sums = groups.setdefault(slot, [Decimal(0), Decimal(0), 0, 0, 0, 0])
-            for i in range(6):
-                sums[i] += fact[5 + i]
+            slot = (fact[0], *[get(fact) for get in getters])
+            sums = groups.get(slot)
+            if sums is None:
+                groups[slot] = list(fact[5:11])
+            else:
+                sums[0] += fact[5]
+                sums[1] += fact[6]
+                sums[2] += fact[7]
+                sums[3] += fact[8]
+                sums[4] += fact[9]
+                sums[5] += fact[10]
         self._queries = getattr(self, "_queries", 0) + 1
         bucket = f"date__{granularity}" if self._queries % 2 else f"created_at__{granularity}"
         rows = []
