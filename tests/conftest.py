@@ -31,6 +31,10 @@ UTC = dt.UTC
 SETTLE = dt.timedelta(minutes=30)  # a UTC day's data is complete this long after it ends
 
 
+def no_wait(seconds: float) -> None:
+    """A sleep for the code under test: retry backoff is never waited for in the tests."""
+
+
 @dataclass(frozen=True)
 class Clock:
     """The instant a test run pretends it is, and the time zone the tests' configs name."""

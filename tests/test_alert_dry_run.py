@@ -17,6 +17,7 @@ import pytest
 from bot.cli import main
 from bot.jobs.alerts import run_alerts
 from tests.alert_world import World, each_day, key_hash, make_world
+from tests.conftest import no_wait
 from tests.fake_pagerduty import ROUTING_KEY
 from tests.fake_webhook import SECRET
 
@@ -97,7 +98,8 @@ def test_dry_run_prints_each_new_rule_for_each_destination_and_changes_nothing(
     posts, events = len(fake_slack.posts), len(fake_pagerduty.events)
 
     world.app(NOW)  # serve the timeline as of NOW
-    code = main(["--config", str(world.config), "alerts", "--dry-run"], now=lambda: NOW)
+    code = main(["--config", str(world.config), "alerts", "--dry-run"],
+                now=lambda: NOW, sleep=no_wait)
     out = capsys.readouterr().out
     assert code == 0
     fired = {"runaway": "batch", "month forecast": "the account", "month 50%": "the account",

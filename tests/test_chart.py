@@ -19,6 +19,7 @@ from bot.compute.digest import WeeklyReport, build_daily, build_weekly
 from bot.models import ActivityRow
 from bot.render.chart import MUTED, STRONG, chart_png, png_available
 from bot.render.messages import Renderer
+from tests.conftest import no_wait
 from tests.rows import row
 
 
@@ -154,7 +155,7 @@ def test_demo_without_matplotlib_writes_the_weekly_email_with_a_chart(
 ) -> None:
     from bot.cli import main
 
-    assert main(["demo", "--out", str(tmp_path)], now=lambda: AS_OF) == 0
+    assert main(["demo", "--out", str(tmp_path)], now=lambda: AS_OF, sleep=no_wait) == 0
     capsys.readouterr()
     html = (tmp_path / "weekly-email.html").read_text()
     assert len(bars(html)) == 14 and "data:image/png" not in html

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from bot.cli import main
-from tests.conftest import Clock
+from tests.conftest import Clock, no_wait
 from tests.fake_openrouter import MANAGEMENT_KEY, FakeOpenRouter, sample_org
 
 
@@ -39,7 +39,7 @@ def org(fake_openrouter: FakeOpenRouter, tmp_path: Path, monkeypatch: pytest.Mon
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
+    code = main(list(argv), sleep=no_wait)
     out, err = capsys.readouterr()
     return code, out, err
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from bot.cli import main
+from tests.conftest import no_wait
 
 NOW = dt.datetime(2026, 11, 25, 9, 30, tzinfo=dt.UTC)
 
@@ -18,7 +19,7 @@ NOW = dt.datetime(2026, 11, 25, 9, 30, tzinfo=dt.UTC)
 def test_demo_prints_report_and_digest_and_writes_the_email(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["demo", "--out", str(tmp_path)], now=lambda: NOW) == 0
+    assert main(["demo", "--out", str(tmp_path)], now=lambda: NOW, sleep=no_wait) == 0
     out = capsys.readouterr().out
     assert "Spend by API key" in out and "eval-harness" in out  # the disabled key's spend
     assert "BYOK" in out
@@ -39,9 +40,9 @@ def test_demo_is_deterministic_and_needs_no_key(tmp_path: Path, capsys, monkeypa
     for var in ("OPENROUTER_MANAGEMENT_KEY", "OPENROUTER_API_KEY"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.chdir(tmp_path)
-    assert main(["demo", "--out", "a"]) == 0
+    assert main(["demo", "--out", "a"], sleep=no_wait) == 0
     first = capsys.readouterr().out
-    assert main(["demo", "--out", "b"]) == 0
+    assert main(["demo", "--out", "b"], sleep=no_wait) == 0
     second = capsys.readouterr().out
     strip = [line for line in first.splitlines() if "as of" not in line.lower()
              and "written to" not in line.lower()]

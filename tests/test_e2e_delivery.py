@@ -20,7 +20,7 @@ from bot.cli import main
 from bot.config import load_config
 from bot.models import DestinationKind, Status
 from bot.render import fmt
-from tests.conftest import Clock
+from tests.conftest import Clock, no_wait
 from tests.fake_openrouter import MANAGEMENT_KEY, FakeOpenRouter, sample_org
 from tests.fake_slack import FakeSlack
 from tests.fake_smtp import PASSWORD, USERNAME, SmtpServer
@@ -97,9 +97,6 @@ def history_written(target: str) -> bool:
         db.close()
 
 
-def no_wait(seconds: float) -> None:
-    """Retry backoff in these tests is never waited for."""
-
 
 def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     code = main(list(argv), sleep=no_wait)
@@ -165,7 +162,7 @@ def test_slack_outage_keeps_the_digest_and_delivers_it_later_once(world, capsys)
     assert slack.posts == [] and len(smtp.messages) == 1
     slack.faults.clear()
     later = world["clock"].now + dt.timedelta(minutes=2)
-    code = main(["send", "daily"], now=lambda: later)
+    code = main(["send", "daily"], now=lambda: later, sleep=no_wait)
     out = capsys.readouterr().out
     assert code == 0, out
     assert len(slack.posts) == 1 and len(smtp.messages) == 1  # e-mail not sent twice

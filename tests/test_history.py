@@ -22,6 +22,7 @@ from bot.models import placeholder_hash
 from bot.openrouter import OpenRouterClient
 from bot.render.text import to_json
 from bot.store import Store, connect
+from tests.conftest import no_wait
 from tests.fake_openrouter import MANAGEMENT_KEY, FakeOpenRouter, year_org
 
 TODAY = dt.date(2026, 3, 11)
@@ -119,13 +120,13 @@ def test_fresh_install_after_one_sync_reports_200_days_like_the_server(
     monkeypatch.setenv("OPENROUTER_MANAGEMENT_KEY", MANAGEMENT_KEY)
     monkeypatch.setenv("OPENROUTER_BASE_URL", fake.base_url)
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
-    assert main(["sync"], now=lambda: NOW) == 0
+    assert main(["sync"], now=lambda: NOW, sleep=no_wait) == 0
     out = capsys.readouterr().out
     assert "History: 365 days" in out and "from the analytics API" in out
 
     first = TODAY - DAY * 200
     code = main(["report", "--from", str(first), "--to", str(YESTERDAY), "--json"],
-                now=lambda: NOW)
+                now=lambda: NOW, sleep=no_wait)
     captured = capsys.readouterr()
     assert code == 0, captured.err
     doc = json.loads(captured.out)
@@ -356,15 +357,17 @@ def test_sync_backfill_on_demand_and_its_config(
     monkeypatch.delenv("OPENROUTER_USAGE_CONFIG", raising=False)
     Path("c.yaml").write_text(f"storage:\n  path: {tmp_path / 'h.db'}\nhistory:\n"
                               "  backfill: 20d\n")
-    assert main(["--config", "c.yaml", "sync"], now=lambda: NOW) == 0
+    assert main(["--config", "c.yaml", "sync"], now=lambda: NOW, sleep=no_wait) == 0
     assert "History: 20 days" in capsys.readouterr().out
-    assert main(["--config", "c.yaml", "sync", "--backfill", "90d"], now=lambda: NOW) == 0
+    assert main(["--config", "c.yaml", "sync", "--backfill", "90d"],
+                now=lambda: NOW, sleep=no_wait) == 0
     assert "History: 90 days" in capsys.readouterr().out
-    assert main(["--config", "c.yaml", "sync", "--backfill", "400d"], now=lambda: NOW) == 2
+    assert main(["--config", "c.yaml", "sync", "--backfill", "400d"],
+                now=lambda: NOW, sleep=no_wait) == 2
     err = capsys.readouterr().err
     assert err.startswith("openrouter-usage: error: --backfill: ") and "365d" in err
     Path("c.yaml").write_text("history:\n  backfill: 2h\n")
-    assert main(["--config", "c.yaml", "sync"], now=lambda: NOW) == 2
+    assert main(["--config", "c.yaml", "sync"], now=lambda: NOW, sleep=no_wait) == 2
     assert "history.backfill: expected whole days" in capsys.readouterr().err
 
 

@@ -16,15 +16,12 @@ from pathlib import Path
 import pytest
 
 from bot.cli import main
-from tests.conftest import run_clock
+from tests.conftest import no_wait, run_clock
 from tests.fake_openrouter import MANAGEMENT_KEY, FakeOpenRouter, sample_org
 
 NOW = run_clock().now
 YESTERDAY = run_clock().digest_day  # the day a digest sent now reports on
 
-
-def no_wait(seconds: float) -> None:
-    """Retry backoff is never waited for in these tests."""
 
 
 def secret_forms(secret: str) -> set[str]:

@@ -29,6 +29,7 @@ from bot.jobs.send import build, deliver
 from bot.jobs.sync import run_sync
 from bot.models import Destination
 from bot.render import fmt
+from tests.conftest import no_wait
 from tests.fake_openrouter import MANAGEMENT_KEY, FakeOpenRouter, workspace_org
 from tests.fake_socket_mode import APP_TOKEN, Clock, FakeSlackApp, Response, wait_for
 
@@ -502,12 +503,12 @@ def test_a_bad_app_token_is_one_clear_line(fake_openrouter: FakeOpenRouter,
                         "SLACK_BOT_TOKEN": slack_app.token,
                         "SLACK_APP_TOKEN": APP_TOKEN}.items():
         monkeypatch.setenv(name, value)
-    code = main(["--config", str(config), "check"], now=lambda: NOW)
+    code = main(["--config", str(config), "check"], now=lambda: NOW, sleep=no_wait)
     out, _ = capsys.readouterr()
     assert "ok    Slack app token: app token works" in out
     assert code == 0
     monkeypatch.setenv("SLACK_APP_TOKEN", "xapp-1-wrong-token")
-    code = main(["--config", str(config), "check"], now=lambda: NOW)
+    code = main(["--config", str(config), "check"], now=lambda: NOW, sleep=no_wait)
     out, err = capsys.readouterr()
     assert "FAIL  Slack app token: Slack apps.connections.open failed: invalid_auth" in out
     assert code == 1 and "xapp-1-wrong" not in out + err
@@ -531,14 +532,15 @@ def test_alerts_dry_run_shows_acknowledged_and_snoozed_alerts(
     for name, value in bot.env.items():
         monkeypatch.setenv(name, value)
     later = NOW + dt.timedelta(hours=2)
-    code = main(["--config", str(bot.config), "alerts", "--dry-run"], now=lambda: later)
+    code = main(["--config", str(bot.config), "alerts", "--dry-run"],
+                now=lambda: later, sleep=no_wait)
     out, _ = capsys.readouterr()
     assert code == 0
     assert "ACKED    credits credits" not in out  # the subject is shown by its key name
     assert "ACKED    credits account: by U0BOB at 2026-03-11 09:00 UTC" in out
     bot.slack.press("alert_snooze_1w", bot.slack.posts[0], user="U0BOB")
     wait_for("the snooze edit", lambda: len(bot.slack.updates) == 2)
-    main(["--config", str(bot.config), "alerts", "--dry-run"], now=lambda: later)
+    main(["--config", str(bot.config), "alerts", "--dry-run"], now=lambda: later, sleep=no_wait)
     out, _ = capsys.readouterr()
     assert "SNOOZED  credits account: until 2026-03-18 09:00 UTC (by U0BOB)" in out
 

@@ -16,7 +16,7 @@ from bot.config import load_config
 from bot.jobs.migrate import run_migrate
 from bot.store import Store, connect
 from bot.store.backend import open_db
-from tests.conftest import run_clock
+from tests.conftest import no_wait, run_clock
 from tests.fake_openrouter import MANAGEMENT_KEY, FakeOpenRouter, sample_org
 from tests.fake_slack import FakeSlack
 
@@ -55,7 +55,7 @@ alerts:
         monkeypatch.setenv(name, value)
     old = config(str(sqlite_path))
     for argv in (["sync"], ["send", "daily"], ["alerts"]):
-        assert main(["--config", str(old), "-q", *argv]) == 0
+        assert main(["--config", str(old), "-q", *argv], sleep=no_wait) == 0
     store = Store(connect(sqlite_path))  # a log table without a primary key, a row twice
     for _ in range(2):
         store.action_log(NOW, "U1", "ack", "credits", "account", "C000ALERT", "acknowledged")
@@ -75,7 +75,7 @@ def dump(target: str) -> dict[str, list[tuple[Any, ...]]]:
 
 
 def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
+    code = main(list(argv), sleep=no_wait)
     out, err = capsys.readouterr()
     return code, out, err
 

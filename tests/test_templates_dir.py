@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from bot.cli import main
+from tests.conftest import no_wait
 from tests.fake_openrouter import MANAGEMENT_KEY, FakeOpenRouter, sample_org
 
 NOW = dt.datetime(2026, 11, 25, 9, 30, tzinfo=dt.UTC)
@@ -39,7 +40,8 @@ def setup(fake_openrouter: FakeOpenRouter, tmp_path: Path,
 
 def send_daily(capsys: pytest.CaptureFixture[str], folder: Path) -> tuple[int, str, str]:
     config = folder.parent / "config.yaml"
-    code = main(["--config", str(config), "send", "daily", "--dry-run"], now=lambda: NOW)
+    code = main(["--config", str(config), "send", "daily", "--dry-run"],
+                now=lambda: NOW, sleep=no_wait)
     out, err = capsys.readouterr()
     return code, out, err
 
