@@ -27,11 +27,20 @@ lint: $(STAMP_TEST)
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
+# Compiled modules are cached (even where the environment says not to write them): every test
+# worker, every CLI and daemon subprocess and each clock run would otherwise compile the
+# package and rewrite the test modules again.
+unexport PYTHONDONTWRITEBYTECODE
+
+# Test workers: twice the cores, as most tests spend half their time waiting on sockets,
+# subprocesses and PostgreSQL (pyproject's default for a bare `pytest` is one per core).
+TEST_WORKERS ?= $(shell echo $$(( $$(nproc 2>/dev/null || echo 1) * 2 )))
+
 # The suite at its default instant, then the tests that take the `clock` fixture again at
 # 00:10 UTC, 23:58 UTC and on a DST-change day (tests/conftest.py; `pytest --clock=midnight`
 # runs the whole suite at one of them).
 test: lint postgres-server
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest -n $(TEST_WORKERS)
 	$(VENV)/bin/pytest -m clock --clock=midnight
 	$(VENV)/bin/pytest -m clock --clock=late
 	$(VENV)/bin/pytest -m clock --clock=dst
