@@ -34,7 +34,8 @@ def run(workers: str, extra: list[str]) -> tuple[float, float, str]:
     busy, started = machine_busy(), time.perf_counter()
     done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True)
     wall, cpu = time.perf_counter() - started, machine_busy() - busy
-    summary = (done.stdout.strip().splitlines() or ["(no output)"])[-1]
+    summary = (done.stdout.strip().splitlines() or done.stderr.strip().splitlines()
+               or ["(no output)"])[-1]
     if done.returncode != 0:
         sys.exit(f"pytest -n {workers} failed: {summary}")
     return wall, cpu, summary
