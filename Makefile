@@ -62,6 +62,7 @@ postgres-server:
 bench: $(STAMP_TEST)
 	$(PY) bench/bench_report.py
 	$(PY) bench/bench_history.py --keys 560
+	$(PY) bench/bench_suite.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
