@@ -122,7 +122,7 @@ def test_fresh_install_after_one_sync_reports_200_days_like_the_server(
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
     assert main(["sync"], now=lambda: NOW, sleep=no_wait) == 0
     out = capsys.readouterr().out
-    assert "History: 365 days" in out and "from the analytics API" in out
+    assert "History: 365 days" in out and "from the analytics API" in out and "rows kept in" in out
 
     first = TODAY - DAY * 200
     code = main(["report", "--from", str(first), "--to", str(YESTERDAY), "--json"],

@@ -80,7 +80,8 @@ class HistoryFill:
         first = min(a for a, _ in self.ranges)
         last = max(b for _, b in self.ranges)
         return (f"History: {self.days} days ({first} to {last}) from the analytics API, "
-                f"{self.rows} rows in {self.queries} queries.")
+                f"{self.rows} rows kept in {self.queries} queries (where /activity covers a "
+                "key's day, its figures are kept instead).")
 
 
 @dataclass
