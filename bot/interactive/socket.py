@@ -219,14 +219,16 @@ class SocketListener:
         loop leaves it in select() on a closed descriptor for up to 10 s (no connection all
         that time). So a close first stops the loop, shuts the socket's reading side (which
         wakes select()) and waits briefly for the loop to let go of the socket; then it
-        closes as the SDK does."""
+        closes as the SDK does. (Called on open, from the thread that runs the loop: a close
+        from that thread itself has no loop to wait for.)"""
         close = ws.close
+        loop = threading.current_thread()
 
         def close_now(**kwargs: Any) -> None:
             ws.keep_running = False
             sock = ws.sock
             raw = getattr(sock, "sock", None)
-            if raw is not None:
+            if raw is not None and threading.current_thread() is not loop:
                 with contextlib.suppress(OSError):
                     raw.shutdown(socket.SHUT_RD)
                 deadline = time.monotonic() + 2.0
