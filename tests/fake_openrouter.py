@@ -21,13 +21,12 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
-from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 
-from tests.loopback import Fault, FaultQueue, LoopbackServer, serving
+from tests.loopback import FakeHandler, Fault, FaultQueue, LoopbackServer, serving
 
 MANAGEMENT_KEY = "sk-or-v1-fake-management-key-7f3a9c1e5b2d4f6a8c0e"
 PREFIX = "/api/v1"
@@ -629,13 +628,10 @@ def _public(row: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in row.items() if not k.startswith("_")}
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(FakeHandler):
     server: _Server
     protocol_version = "HTTP/1.1"  # keep-alive, like the real API; every answer has a length
     disable_nagle_algorithm = True  # headers and body go out in separate writes
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-        pass
 
     def do_GET(self) -> None:  # noqa: N802
         self._handle()
@@ -644,8 +640,7 @@ class _Handler(BaseHTTPRequestHandler):
         if urlsplit(self.path).path != PREFIX + "/analytics/query":
             self._not_allowed()
             return
-        length = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(length) if length else b""
+        raw = self.body()
         try:
             body = json.loads(raw) if raw else None
         except ValueError:
@@ -653,9 +648,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._handle(body)
 
     def _not_allowed(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        if length:
-            self.rfile.read(length)
+        self.body()
         self._record()
         self._send(405, _error(405, "Method Not Allowed"), {"Allow": "GET"})  # POST: analytics
 

@@ -7,12 +7,11 @@ import json
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
 
-from tests.loopback import FaultQueue, LoopbackServer, serving
+from tests.loopback import FakeHandler, FaultQueue, LoopbackServer, serving
 
 ROUTING_KEY = "R0ut1ngKeyF0rTests0000000000abcd"  # 32 characters, as PagerDuty's are
 SEVERITIES = ("critical", "error", "warning", "info")
@@ -63,16 +62,13 @@ class FakePagerDuty:
         return key
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(FakeHandler):
     server: _Server
     protocol_version = "HTTP/1.1"
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-        pass
-
     def do_POST(self) -> None:  # noqa: N802
         fake = self.server.fake
-        raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        raw = self.body()
         fault = fake.faults.take("enqueue")
         if fault is not None and isinstance(fault.status, int):
             self._send(fault.status, {"status": "unavailable", "message": "try again"})

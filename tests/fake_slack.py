@@ -13,13 +13,12 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 
-from tests.loopback import Fault, FaultQueue, LoopbackServer, serving
+from tests.loopback import FakeHandler, Fault, FaultQueue, LoopbackServer, serving
 
 VALID_TOKEN = "xoxb-test-token"
 WEBHOOK_PATH = "/webhook/T0001/B0001/XXXXSECRET"
@@ -312,11 +311,8 @@ class FakeSlack:
         return {"ok": True, "files": done}
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(FakeHandler):
     server: _Server
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-        pass
 
     def do_POST(self) -> None:  # noqa: N802
         self._handle()
@@ -327,8 +323,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _handle(self) -> None:
         fake = self.server.fake
         url = urlsplit(self.path)
-        length = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(length) if length else b""
+        raw = self.body()
         if url.path.startswith("/api/"):
             method = url.path[len("/api/") :]
         elif url.path.startswith("/upload/"):

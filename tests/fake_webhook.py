@@ -9,12 +9,11 @@ import json
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
 
-from tests.loopback import FaultQueue, LoopbackServer, serving
+from tests.loopback import FakeHandler, FaultQueue, LoopbackServer, serving
 
 SECRET = "whsec-test-0f9a8b7c6d5e4f3a2b1c"
 
@@ -39,16 +38,13 @@ class FakeWebhook:
         return signature is not None and hmac.compare_digest(expected, signature)
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(FakeHandler):
     server: _Server
     protocol_version = "HTTP/1.1"
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-        pass
-
     def do_POST(self) -> None:  # noqa: N802
         fake = self.server.fake
-        raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        raw = self.body()
         fault = fake.faults.take("post")
         if fault is not None and isinstance(fault.status, int):
             self._send(fault.status)

@@ -51,6 +51,18 @@ class FaultQueue:
             self._faults.clear()
 
 
+class FakeHandler(BaseHTTPRequestHandler):
+    """The request handler the fakes build on: no access log, and the request body read."""
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        pass
+
+    def body(self) -> bytes:
+        """The request's body (as long as its Content-Length says; empty without one)."""
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else b""
+
+
 class LoopbackServer(ThreadingHTTPServer):
     """A threading HTTP server on a free loopback port, carrying the fake it serves."""
 
