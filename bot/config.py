@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from bot.errors import ConfigError
 from bot.models import Destination, DestinationKind
@@ -666,11 +666,9 @@ def _parse_yaml(text: str, source: str) -> Any:
         if fast is None:
             return yaml.load(text, Loader=_loader())
         for event in yaml.parse(text, Loader=fast):  # refuse aliases before building
-            if isinstance(event, yaml.AliasEvent):
-                mark = event.start_mark
-                where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-                raise ConfigError(f"{source}: not valid YAML{where}: aliases (*name) are not "
-                                  "allowed")
+            if isinstance(event, yaml.AliasEvent):  # (libyaml's mark, the same fields)
+                raise yaml.MarkedYAMLError(problem="aliases (*name) are not allowed",
+                                           problem_mark=cast(Any, event.start_mark))
         return yaml.load(text, Loader=fast)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark

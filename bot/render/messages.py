@@ -374,12 +374,17 @@ def _environment(templates_dir: str | None) -> jinja2.Environment:
     return env
 
 
+def _template(env: jinja2.Environment, name: str) -> jinja2.Template:
+    """Template `name`; one that cannot be loaded is a ConfigError naming it."""
+    try:
+        return env.get_template(name)
+    except _TEMPLATE_ERRORS as exc:
+        raise _template_error(name, exc) from exc
+
+
 def _alert_words(env: jinja2.Environment, obs: Observation) -> AlertWords:
     """The words of one alert observation, from the macros of `_alert_words.j2`."""
-    try:
-        template = env.get_template(ALERT_WORDS)
-    except _TEMPLATE_ERRORS as exc:
-        raise _template_error(ALERT_WORDS, exc) from exc
+    template = _template(env, ALERT_WORDS)
     try:
         macros = template.module
         # called from Python, the macros return plain str (never Markup): callers escape
@@ -406,10 +411,7 @@ class Renderer:
     # generic
 
     def _template(self, name: str) -> jinja2.Template:
-        try:
-            return self.env.get_template(name)
-        except _TEMPLATE_ERRORS as exc:
-            raise _template_error(name, exc) from exc
+        return _template(self.env, name)
 
     def _render(self, name: str, context: dict[str, Any]) -> str:
         """Template `name` rendered; any failure is a ConfigError naming the template file."""
