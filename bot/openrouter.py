@@ -364,12 +364,16 @@ def _workspaces_of(raws: list[_RawWorkspace]) -> list[Workspace]:
     return [_workspace(r) for r in raws]
 
 
+def _row_day(r: _RawAnalyticsRow) -> dt.date:
+    """The UTC day of a day-bucketed row (keyed `date__day` or `created_at__day`)."""
+    return _day(r.date__day if r.date__day is not None else r.created_at__day)
+
+
 def _analytics_row(r: _RawAnalyticsRow, key_hash: str, day: dt.date | None = None
                    ) -> ActivityRow:
     """One analytics row as an ActivityRow: `model` is the permaslug (the API's model id),
     `provider` and `endpoint_id` are "" unless the query grouped by provider; `day` when the
     row's bucket is not a day."""
-    bucket = r.date__day if r.date__day is not None else r.created_at__day
     byok = _finite(r.byok_usage, "byok_usage")
     if r.credits_usage is not None or r.total_usage is None:  # null: an unused component
         usage = _finite(r.credits_usage, "credits_usage")
@@ -378,7 +382,7 @@ def _analytics_row(r: _RawAnalyticsRow, key_hash: str, day: dt.date | None = Non
     model = r.model or "unknown"
     provider = r.provider or ""
     return ActivityRow(
-        date=day if day is not None else _day(bucket),
+        date=day if day is not None else _row_day(r),
         model=model,
         model_permaslug=model,
         endpoint_id="",
@@ -449,11 +453,16 @@ class _RateLimit:
         self._sent: deque[float] = deque()
         self._lock = threading.Lock()
 
+    def _recent(self) -> float:
+        """Forget calls older than a minute (lock held); returns now."""
+        now = self._clock()
+        while self._sent and self._sent[0] <= now - 60:
+            self._sent.popleft()
+        return now
+
     def wait(self) -> None:
         with self._lock:
-            now = self._clock()
-            while self._sent and self._sent[0] <= now - 60:
-                self._sent.popleft()
+            now = self._recent()
             if len(self._sent) >= self.per_minute:
                 pause = self._sent[0] + 60 - now
                 log.debug("analytics: %d queries in the last minute; waiting %.1fs",
@@ -466,9 +475,7 @@ class _RateLimit:
     def free(self) -> int:
         """How many calls may go now without waiting."""
         with self._lock:
-            now = self._clock()
-            while self._sent and self._sent[0] <= now - 60:
-                self._sent.popleft()
+            self._recent()
             return max(0, self.per_minute - len(self._sent))
 
 
@@ -1209,8 +1216,7 @@ class OpenRouterClient:
         for chunk in self._row_chunks(answer):
             rows = []
             for r in chunk:
-                bucket = r.date__day if r.date__day is not None else r.created_at__day
-                if first <= _day(bucket) <= last:
+                if first <= _row_day(r) <= last:
                     rows.append(r)
             del chunk
             sink(first, last, rows)
