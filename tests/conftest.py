@@ -115,7 +115,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         defs = info.name2fixturedefs.get("clock", ()) if info is not None else ()
         callspec = getattr(item, "callspec", None)
         on_postgresql = "pg_url" in getattr(item, "fixturenames", ()) or (
-            callspec is not None and callspec.params.get("db_target") == "postgresql")
+            callspec is not None and "postgresql" in (
+                callspec.params.get("db_target"), callspec.params.get("fresh_db_target")))
         if defs and defs[-1].func is clock.__wrapped__ and not on_postgresql:
             item.add_marker(pytest.mark.clock)
 

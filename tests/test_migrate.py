@@ -53,8 +53,8 @@ def test_migrate_works_on_a_default_python_connection() -> None:
     assert Store(conn).get_meta("k") == "v"
 
 
-def test_migrate_from_empty_on_each_backend(db_target: str) -> None:
-    db = open_db(db_target)  # opened, not migrated
+def test_migrate_from_empty_on_each_backend(fresh_db_target: str) -> None:
+    db = open_db(fresh_db_target)  # opened, not migrated
     assert db.tables() == [] and db.schema_version() == 0
     assert migrate(db) == SCHEMA_VERSION
     assert set(db.tables()) == TABLES
@@ -65,21 +65,21 @@ def test_migrate_from_empty_on_each_backend(db_target: str) -> None:
     db.close()
 
 
-def test_rerun_is_a_noop(db_target: str) -> None:
-    conn = connect(db_target)
+def test_rerun_is_a_noop(fresh_db_target: str) -> None:
+    conn = connect(fresh_db_target)
     before = [tuple(r) for r in conn.execute("SELECT * FROM schema_migrations").fetchall()]
     assert migrate(conn) == SCHEMA_VERSION
     assert migrate(conn) == SCHEMA_VERSION
     Store(conn)  # the store migrates on construction too
-    other = connect(db_target)  # a new process
+    other = connect(fresh_db_target)  # a new process
     assert other.schema_version() == SCHEMA_VERSION
     other.close()
     assert [tuple(r) for r in conn.execute("SELECT * FROM schema_migrations")] == before
     conn.close()
 
 
-def test_integers_are_64_bit_on_each_backend(db_target: str) -> None:
-    store = Store(connect(db_target))
+def test_integers_are_64_bit_on_each_backend(fresh_db_target: str) -> None:
+    store = Store(connect(fresh_db_target))
     big = 2**40  # a month of tokens for a busy org does not fit 32 bits
     store.conn.execute(
         "INSERT INTO activity VALUES ('', '2024-05-01', 'ep1', 'm-1', 'm', 'P', '1', '0', "
@@ -104,8 +104,8 @@ def test_connect_file_creates_directories_wal_and_pragmas(tmp_path: Path) -> Non
     again.close()
 
 
-def test_version_1_database_migrates_forward_keeping_data(db_target: str) -> None:
-    path = db_target
+def test_version_1_database_migrates_forward_keeping_data(fresh_db_target: str) -> None:
+    path = fresh_db_target
     old = open_db(path)
     assert migrate(old, target=1) == 1
     assert set(old.tables()) == {"schema_migrations", "credits", "activity", "coverage", "keys",
@@ -167,8 +167,8 @@ def test_version_4_per_key_rows_move_to_key_usage_exactly(tmp_path: Path) -> Non
     store.conn.close()
 
 
-def test_newer_database_is_refused(db_target: str) -> None:
-    db = connect(db_target)
+def test_newer_database_is_refused(fresh_db_target: str) -> None:
+    db = connect(fresh_db_target)
     with db.write():  # a newer program migrated it further
         db.execute("INSERT INTO schema_migrations (version, applied_at) VALUES (?, 'x')",
                    (SCHEMA_VERSION + 1,))
@@ -176,7 +176,7 @@ def test_newer_database_is_refused(db_target: str) -> None:
     with pytest.raises(DataError, match="newer"):
         migrate(db)
     with pytest.raises(DataError, match="newer"):
-        connect(db_target)
+        connect(fresh_db_target)
     db.close()
 
 
@@ -187,8 +187,8 @@ def test_not_a_database_is_a_data_error(tmp_path: Path) -> None:
         connect(path)
 
 
-def test_failed_migration_rolls_back(db_target: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    conn = open_db(db_target)
+def test_failed_migration_rolls_back(fresh_db_target: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    conn = open_db(fresh_db_target)
     migrate(conn, target=1)
     broken = ("CREATE TABLE fine (x TEXT)", "CREATE TABLE broken (")
     monkeypatch.setattr("bot.store.MIGRATIONS", [MIGRATIONS[0], broken])

@@ -193,10 +193,10 @@ def test_alert_state_from_writers_at_once(db_target: str) -> None:
     store.conn.close()
 
 
-def test_migrations_from_processes_starting_at_once(db_target: str) -> None:
-    versions = race(db_target, WRITERS, lambda db, i: migrate(db), migrated=False)
+def test_migrations_from_processes_starting_at_once(fresh_db_target: str) -> None:
+    versions = race(fresh_db_target, WRITERS, lambda db, i: migrate(db), migrated=False)
     assert versions == [SCHEMA_VERSION] * WRITERS
-    db = open_db(db_target)
+    db = open_db(fresh_db_target)
     assert [v for (v,) in db.execute("SELECT version FROM schema_migrations ORDER BY 1")] == \
         list(range(1, SCHEMA_VERSION + 1))
     db.close()
