@@ -199,7 +199,8 @@ class PgServer:
             return self._tests_db
 
     def _schema_url(self, name: str) -> str:
-        return self.url(self._database()) + f"?options=-csearch_path%3D{name}&application_name={name}"
+        return (self.url(self._database())
+                + f"?options=-csearch_path%3D{name}&application_name={name}")
 
     def create_schema(self) -> str:
         """A new empty schema in this process's database; returns a URL that uses it (tables

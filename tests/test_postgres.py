@@ -15,12 +15,13 @@ from typing import Any, TypeVar
 
 import pytest
 
+import bot.store as history
 from bot.app import App
 from bot.config import load_config
 from bot.errors import ConfigError, DataError
 from bot.models import ActivityRow, ApiKey, Credits, Snapshot
 from bot.store import SCHEMA_VERSION, AlertState, Store, connect, migrate
-from bot.store.backend import open_db, redact_url
+from bot.store.backend import MultiRowInsert, open_db, redact_url
 from tests.pg_server import PgServer
 
 T0 = dt.datetime(2024, 5, 31, 12, 0, tzinfo=dt.UTC)
@@ -200,6 +201,73 @@ def test_migrations_from_processes_starting_at_once(fresh_db_target: str) -> Non
     assert [v for (v,) in db.execute("SELECT version FROM schema_migrations ORDER BY 1")] == \
         list(range(1, SCHEMA_VERSION + 1))
     db.close()
+
+
+# --- many rows at once -----------------------------------------------------------------------
+
+BULK_TABLE = ("CREATE TABLE bulk (k1 TEXT NOT NULL, k2 BIGINT NOT NULL, n BIGINT NOT NULL, "
+              "note TEXT NOT NULL, PRIMARY KEY (k1, k2))")
+ACCUMULATE = ("INSERT INTO bulk (k1, k2, n, note) VALUES (?, ?, ?, ?) ON CONFLICT (k2, k1) DO "
+              "UPDATE SET n = bulk.n + excluded.n, note = bulk.note || '%' || excluded.note "
+              "WHERE excluded.n > 0")
+FIRST_WINS = "INSERT INTO bulk (k1, k2, n, note) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING"
+
+
+def bulk_rows(count: int) -> list[tuple[str, int, int, str]]:
+    """Rows whose keys come back at once and 150 rows later, across every batch; some of
+    their updates are refused by the WHERE (n <= 0)."""
+    rows = []
+    for i in range(count):
+        rows.append((f"k{i % 3}", (i * 7) % 50, (i % 5) - 1, f"r{i}"))  # a key every 150 rows
+        if i % 11 == 0:
+            rows.append((f"k{i % 3}", (i * 7) % 50, 2, f"again{i}"))  # and right after it
+    return rows
+
+
+def one_at_a_time(rows: list[tuple[str, int, int, str]], accumulate: bool) -> tuple[
+        dict[tuple[str, int], tuple[int, str]], int]:
+    """What executemany means: each row in turn; and how many rows it changed."""
+    table: dict[tuple[str, int], tuple[int, str]] = {}
+    changed = 0
+    for k1, k2, n, note in rows:
+        if (k1, k2) not in table:
+            table[(k1, k2)] = (n, note)
+            changed += 1
+        elif accumulate and n > 0:
+            old_n, old_note = table[(k1, k2)]
+            table[(k1, k2)] = (old_n + n, f"{old_note}%{note}")
+            changed += 1
+    return table, changed
+
+
+@pytest.mark.parametrize("sql", [ACCUMULATE, FIRST_WINS], ids=["do-update", "do-nothing"])
+def test_many_rows_at_once_mean_what_one_row_at_a_time_means(db_target: str, sql: str) -> None:
+    """PostgreSQL gets an INSERT of many rows as a few statements of many rows each; the
+    outcome and the count of changed rows are those of one row at a time, on each backend."""
+    rows = bulk_rows(2_345)
+    want, changed = one_at_a_time(rows, accumulate=sql is ACCUMULATE)
+    db = open_db(db_target)
+    try:
+        with db.write():
+            db.execute(BULK_TABLE)
+            assert db.executemany(sql, rows).rowcount == changed
+            got = {(r["k1"], r["k2"]): (r["n"], r["note"]) for r in db.rows("SELECT * FROM bulk")}
+    finally:
+        db.close()
+    assert got == want
+    assert len(want) < len(rows)  # keys came back
+    if sql is ACCUMULATE:
+        assert changed > len(want)  # and some of them updated their row
+
+
+def test_the_inserts_of_the_history_go_many_rows_at_once_on_postgresql() -> None:
+    assert MultiRowInsert.of(ACCUMULATE) is not None and MultiRowInsert.of(FIRST_WINS) is not None
+    assert all(MultiRowInsert.of(sql) is not None for sql in (  # a sync's bulk of rows
+        history._KEY_USAGE_INSERT, history._KEY_USAGE_UPSERT))
+    # an UPDATE, a RETURNING, and a conflict target we cannot see go one row at a time
+    assert MultiRowInsert.of("UPDATE bulk SET n = ? WHERE k1 = ?") is None
+    assert MultiRowInsert.of(ACCUMULATE + " RETURNING n") is None
+    assert MultiRowInsert.of(ACCUMULATE.replace("(k2, k1) ", "")) is None
 
 
 # --- lost connections ------------------------------------------------------------------------

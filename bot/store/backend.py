@@ -363,6 +363,86 @@ def _row_factory(cursor: Any) -> Any:
     return lambda values: Row(values, index)
 
 
+class _Changed(list[Any]):
+    """What a batched executemany returns: the number of rows its statements changed."""
+
+    def __init__(self, rowcount: int) -> None:
+        super().__init__()
+        self.rowcount = rowcount
+
+    def fetchone(self) -> Any:
+        return None
+
+    def fetchall(self) -> list[Any]:
+        return []
+
+
+_INSERT = re.compile(
+    r"^\s*INSERT\s+INTO\s+(\w+)\s*\(([^()]*)\)\s*VALUES\s*\(([\s?,]*)\)(.*)$", re.S | re.I)
+_CONFLICT = re.compile(r"\bON\s+CONFLICT\s*(?:\(([^()]*)\))?\s*DO\s+(NOTHING|UPDATE)\b", re.I)
+
+
+class MultiRowInsert:
+    """`INSERT INTO t (cols) VALUES (?, ...) [ON CONFLICT ...]` sent with many rows per
+    statement (`INSERT ... SELECT * FROM unnest(an array per column)`), with executemany's
+    meaning kept: rows that would hit the same conflict key go in different statements, in
+    their order (one statement may not update a row twice)."""
+
+    ROWS = 1000
+
+    def __init__(self, table: str, columns: list[str], tail: str,
+                 key: tuple[int, ...] | None) -> None:
+        self.table = table
+        self.columns = columns
+        self._tail = _pg_sql(tail)
+        self._key = key  # the conflict key's positions; None: rows never clash
+
+    @classmethod
+    @lru_cache(maxsize=128)
+    def of(cls, sql: str) -> MultiRowInsert | None:
+        """The plan for `sql`, or None where it is not such an INSERT (sent row by row)."""
+        match = _INSERT.match(sql)
+        if match is None:
+            return None
+        table, columns, values, tail = match.groups()
+        if "RETURNING" in tail.upper() or "?" in tail:
+            return None
+        names = [c.strip().strip('"') for c in columns.split(",")]
+        if values.count("?") != len(names) or values.replace("?", "").replace(",", "").strip():
+            return None
+        conflict = _CONFLICT.search(tail)
+        key: tuple[int, ...] | None = None
+        if conflict is not None and conflict.group(2).upper() == "UPDATE":
+            if conflict.group(1) is None:
+                return None
+            target = [c.strip().strip('"') for c in conflict.group(1).split(",")]
+            if not set(target) <= set(names):
+                return None
+            key = tuple(names.index(c) for c in target)
+        return cls(table, names, tail, key)
+
+    def sql(self, types: Mapping[str, str]) -> str:
+        """The statement for a table whose columns have `types`: one array per column."""
+        arrays = ", ".join(f"%s::{types[c]}[]" for c in self.columns)
+        columns = ", ".join(f'"{c}"' for c in self.columns)
+        return (f'INSERT INTO "{self.table}" ({columns}) SELECT * FROM unnest({arrays}) '
+                f"{self._tail}")
+
+    def batches(self, rows: list[tuple[Any, ...]]) -> Iterator[list[tuple[Any, ...]]]:
+        batch: list[tuple[Any, ...]] = []
+        keys: set[tuple[Any, ...]] = set()
+        for row in rows:
+            key = tuple(row[i] for i in self._key) if self._key is not None else None
+            if len(batch) >= self.ROWS or (key is not None and key in keys):
+                yield batch
+                batch, keys = [], set()
+            batch.append(row)
+            if key is not None:
+                keys.add(key)
+        if batch:
+            yield batch
+
+
 class PostgresDb(Db):
     """A psycopg 3 connection in autocommit mode; writes run in explicit transactions."""
 
@@ -374,6 +454,7 @@ class PostgresDb(Db):
         self.target = redact_url(url)
         self.busy_timeout_ms = BUSY_TIMEOUT_MS
         self._conn: psycopg.Connection[Any] | None = None
+        self._types: dict[str, dict[str, str]] = {}
         self._connect()
 
     # --- connection ------------------------------------------------------------------------
@@ -447,7 +528,38 @@ class PostgresDb(Db):
         return self._run("execute", sql, tuple(params))
 
     def executemany(self, sql: str, seq: Iterable[Sequence[Any]]) -> Cursor:
-        return self._run("executemany", sql, [tuple(p) for p in seq])
+        rows = [tuple(p) for p in seq]
+        insert = MultiRowInsert.of(sql)
+        if insert is None or len(rows) < 2:
+            return self._run("executemany", sql, rows)
+        # an INSERT of many rows goes as a few statements of many rows each (a column of
+        # values is one array parameter): one statement for the server to run, not one per row
+        import psycopg
+
+        changed = 0
+        try:
+            types = self._column_types(insert.table)
+            if not set(insert.columns) <= set(types):
+                return self._run("executemany", sql, rows)
+            query = insert.sql(types)
+            cur = self.conn.cursor()
+            for batch in insert.batches(rows):
+                cur.execute(query, [list(column) for column in zip(*batch, strict=True)])
+                changed += max(cur.rowcount, 0)
+        except psycopg.Error as exc:
+            raise self._fail(exc) from exc
+        return _Changed(changed)
+
+    def _column_types(self, table: str) -> dict[str, str]:
+        """A table's columns and their types (`format_type`), read once per connection."""
+        types = self._types.get(table)
+        if types is None:
+            found = self.conn.execute(
+                "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
+                "WHERE a.attrelid = %s::regclass AND a.attnum > 0 AND NOT a.attisdropped",
+                (table,)).fetchall()
+            types = self._types[table] = {str(name): str(kind) for name, kind in found}
+        return types
 
     def rows(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         import psycopg
