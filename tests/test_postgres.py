@@ -21,7 +21,7 @@ from bot.config import load_config
 from bot.errors import ConfigError, DataError
 from bot.models import ActivityRow, ApiKey, Credits, Snapshot
 from bot.store import SCHEMA_VERSION, AlertState, Store, connect, migrate
-from bot.store.backend import MultiRowInsert, open_db, redact_url
+from bot.store.backend import MultiRowDelete, MultiRowInsert, open_db, redact_url
 from tests.pg_server import PgServer
 
 T0 = dt.datetime(2024, 5, 31, 12, 0, tzinfo=dt.UTC)
@@ -260,6 +260,24 @@ def test_many_rows_at_once_mean_what_one_row_at_a_time_means(db_target: str, sql
         assert changed > len(want)  # and some of them updated their row
 
 
+def test_deleting_many_rows_at_once_deletes_each_once(db_target: str) -> None:
+    rows = bulk_rows(600)
+    kept, _ = one_at_a_time(rows, accumulate=False)
+    gone = [(k1, k2) for (k1, k2) in kept if k2 % 3 == 0]
+    # more rows than one statement takes, some asked twice, some never there
+    asked = [("k9", 1)] * 999 + gone + [("k0", 999)] + gone[-5:]
+    db = open_db(db_target)
+    try:
+        with db.write():
+            db.execute(BULK_TABLE)
+            db.executemany(FIRST_WINS, rows)
+            deleted = db.executemany("DELETE FROM bulk WHERE k1 = ? AND k2 = ?", asked).rowcount
+            left = {(r["k1"], r["k2"]) for r in db.rows("SELECT k1, k2 FROM bulk")}
+    finally:
+        db.close()
+    assert deleted == len(gone) and left == set(kept) - set(gone)
+
+
 def test_the_inserts_of_the_history_go_many_rows_at_once_on_postgresql() -> None:
     assert MultiRowInsert.of(ACCUMULATE) is not None and MultiRowInsert.of(FIRST_WINS) is not None
     assert all(MultiRowInsert.of(sql) is not None for sql in (  # a sync's bulk of rows
@@ -268,6 +286,11 @@ def test_the_inserts_of_the_history_go_many_rows_at_once_on_postgresql() -> None
     assert MultiRowInsert.of("UPDATE bulk SET n = ? WHERE k1 = ?") is None
     assert MultiRowInsert.of(ACCUMULATE + " RETURNING n") is None
     assert MultiRowInsert.of(ACCUMULATE.replace("(k2, k1) ", "")) is None
+    assert MultiRowDelete.of("DELETE FROM key_usage WHERE date = ? AND key_id = ? AND "
+                             "source = ?") is not None
+    for other in ("DELETE FROM bulk WHERE k1 = ? OR k2 = ?", "DELETE FROM bulk WHERE k2 > ?",
+                  "DELETE FROM bulk WHERE k1 = ? AND note LIKE ?"):
+        assert MultiRowDelete.of(other) is None
 
 
 # --- lost connections ------------------------------------------------------------------------

@@ -443,6 +443,45 @@ class MultiRowInsert:
             yield batch
 
 
+_DELETE = re.compile(r"^\s*DELETE\s+FROM\s+(\w+)\s+WHERE\s+(.+?)\s*$", re.S | re.I)
+_EQUALS = re.compile(r'^\s*"?(\w+)"?\s*=\s*\?\s*$')
+
+
+class MultiRowDelete:
+    """`DELETE FROM t WHERE a = ? AND b = ?` for many rows as a few statements,
+    `DELETE FROM t WHERE (a, b) IN (SELECT * FROM unnest(an array per column))`: deleting
+    is the same in any order and any grouping, so rows are simply taken 1,000 at a time."""
+
+    ROWS = 1000
+
+    def __init__(self, table: str, columns: list[str]) -> None:
+        self.table = table
+        self.columns = columns
+
+    @classmethod
+    @lru_cache(maxsize=128)
+    def of(cls, sql: str) -> MultiRowDelete | None:
+        """The plan for `sql`, or None where it is not such a DELETE (sent row by row)."""
+        match = _DELETE.match(sql)
+        if match is None:
+            return None
+        table, condition = match.groups()
+        terms = [_EQUALS.match(t) for t in re.split(r"\bAND\b", condition, flags=re.I)]
+        if not all(terms):
+            return None
+        return cls(table, [t.group(1) for t in terms if t is not None])
+
+    def sql(self, types: Mapping[str, str]) -> str:
+        arrays = ", ".join(f"%s::{types[c]}[]" for c in self.columns)
+        columns = ", ".join(f'"{c}"' for c in self.columns)
+        return (f'DELETE FROM "{self.table}" WHERE ({columns}) IN '
+                f"(SELECT * FROM unnest({arrays}))")
+
+    def batches(self, rows: list[tuple[Any, ...]]) -> Iterator[list[tuple[Any, ...]]]:
+        for start in range(0, len(rows), self.ROWS):
+            yield rows[start:start + self.ROWS]
+
+
 class PostgresDb(Db):
     """A psycopg 3 connection in autocommit mode; writes run in explicit transactions."""
 
@@ -529,21 +568,21 @@ class PostgresDb(Db):
 
     def executemany(self, sql: str, seq: Iterable[Sequence[Any]]) -> Cursor:
         rows = [tuple(p) for p in seq]
-        insert = MultiRowInsert.of(sql)
-        if insert is None or len(rows) < 2:
+        plan = MultiRowInsert.of(sql) or MultiRowDelete.of(sql)
+        if plan is None or len(rows) < 2:
             return self._run("executemany", sql, rows)
-        # an INSERT of many rows goes as a few statements of many rows each (a column of
-        # values is one array parameter): one statement for the server to run, not one per row
+        # an INSERT or DELETE of many rows goes as a few statements of many rows each (a
+        # column of values is one array parameter): one statement for the server, not one a row
         import psycopg
 
         changed = 0
         try:
-            types = self._column_types(insert.table)
-            if not set(insert.columns) <= set(types):
+            types = self._column_types(plan.table)
+            if not set(plan.columns) <= set(types):
                 return self._run("executemany", sql, rows)
-            query = insert.sql(types)
+            query = plan.sql(types)
             cur = self.conn.cursor()
-            for batch in insert.batches(rows):
+            for batch in plan.batches(rows):
                 cur.execute(query, [list(column) for column in zip(*batch, strict=True)])
                 changed += max(cur.rowcount, 0)
         except psycopg.Error as exc:
