@@ -59,9 +59,10 @@ postgres-server:
 		exit 1; \
 	fi
 
-bench: $(STAMP_TEST)
+bench: $(STAMP_TEST) postgres-server
 	$(PY) bench/bench_report.py
 	$(PY) bench/bench_history.py --keys 560
+	$(PY) bench/bench_pg_writes.py
 	$(PY) bench/bench_suite.py
 
 clean:

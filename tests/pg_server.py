@@ -358,9 +358,12 @@ def pg_server() -> Iterator[PgServer]:
         if os.environ.get("CI"):
             pytest.fail(f"{SKIP_ENV}=1 is not allowed in CI: the PostgreSQL tests must run")
         pytest.skip(f"{SKIP_ENV}=1: PostgreSQL tests skipped")
+    if not os.environ.get(RUN_DIR_ENV):
+        pytest.fail(f"{RUN_DIR_ENV} is not set: tests/pg_server.py must be loaded as a plugin "
+                    "(tests/conftest.py's pytest_plugins)", pytrace=False)
     try:
         server = PgServer.shared(Path(os.environ[RUN_DIR_ENV]))
-    except (PostgresUnavailable, OSError, subprocess.SubprocessError, KeyError) as exc:
+    except (PostgresUnavailable, OSError, subprocess.SubprocessError) as exc:
         pytest.fail(f"cannot start a test PostgreSQL server: {exc}", pytrace=False)
     yield server
     server.close()  # the run's main process stops the server itself (pytest_unconfigure)
