@@ -281,7 +281,9 @@ def test_deleting_many_rows_at_once_deletes_each_once(db_target: str) -> None:
 def test_the_inserts_of_the_history_go_many_rows_at_once_on_postgresql() -> None:
     assert MultiRowInsert.of(ACCUMULATE) is not None and MultiRowInsert.of(FIRST_WINS) is not None
     assert all(MultiRowInsert.of(sql) is not None for sql in (  # a sync's bulk of rows
-        history._KEY_USAGE_INSERT, history._KEY_USAGE_UPSERT))
+        history._KEY_USAGE_INSERT, history._KEY_USAGE_UPSERT,
+        # `migrate --to`'s copy names the table and columns quoted
+        'INSERT INTO "bulk" ("k1", "k2", "n", "note") VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING'))
     # an UPDATE, a RETURNING, and a conflict target we cannot see go one row at a time
     assert MultiRowInsert.of("UPDATE bulk SET n = ? WHERE k1 = ?") is None
     assert MultiRowInsert.of(ACCUMULATE + " RETURNING n") is None

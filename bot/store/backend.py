@@ -378,7 +378,7 @@ class _Changed(list[Any]):
 
 
 _INSERT = re.compile(
-    r"^\s*INSERT\s+INTO\s+(\w+)\s*\(([^()]*)\)\s*VALUES\s*\(([\s?,]*)\)(.*)$", re.S | re.I)
+    r"^\s*INSERT\s+INTO\s+\"?(\w+)\"?\s*\(([^()]*)\)\s*VALUES\s*\(([\s?,]*)\)(.*)$", re.S | re.I)
 _CONFLICT = re.compile(r"\bON\s+CONFLICT\s*(?:\(([^()]*)\))?\s*DO\s+(NOTHING|UPDATE)\b", re.I)
 
 
@@ -590,7 +590,7 @@ class PostgresDb(Db):
         return _Changed(changed)
 
     def _column_types(self, table: str) -> dict[str, str]:
-        """A table's columns and their types (`format_type`), read once per connection."""
+        """A table's columns and their types (`format_type`), read once per PostgresDb."""
         types = self._types.get(table)
         if types is None:
             found = self.conn.execute(
