@@ -1,11 +1,17 @@
-"""Benchmark: storing analytics history in PostgreSQL, an INSERT of many rows per statement
-against one row per statement (executemany's way), in the same run on the same server.
+"""Benchmark: storing history in PostgreSQL, many rows per statement against one row per
+statement (executemany's way), in the same run on the same server.
 
     .venv/bin/python bench/bench_pg_writes.py [--keys 50] [--days 60] [--rounds 3]
 
-A throw-away server is started as the tests start theirs (tests/pg_server.py). Each round
-stores the same key x model x day rows (`UsageBatch.analytics`, the first `sync`'s path) into
-a new schema, once each way, alternating so that a busier machine slows both. The figures
+A throw-away server is started as the tests start theirs (tests/pg_server.py). Two scenarios,
+each round once each way, alternating so that a busier machine slows both:
+
+- a first sync: key x model x day rows from the analytics API (`UsageBatch.analytics`:
+  INSERT ... ON CONFLICT DO UPDATE) into a new schema;
+- a daily sync: every key's last 30 days from /activity (`UsageBatch.key_activity`) stored
+  again over the same days, one row in ten changed (INSERT ... DO NOTHING, then UPDATE of
+  the changed rows, the days' coverage, and DELETE of analytics rows /activity covers).
+ The figures
 are the wall time, this process's CPU time, and the server's (its backends' CPU, read from
 /proc once the session has ended): with one row per statement the server's work overlaps the
 client's, so the wall time alone hides it, but on a busy machine it competes for the cores.
@@ -14,6 +20,7 @@ client's, so the wall time alone hides it, but on a busy machine it competes for
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import os
 import sys
@@ -52,22 +59,50 @@ def server_cpu(server: PgServer) -> float:
     return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
 
-def store_once(server: PgServer, data: list[ActivityRow],
+PLANS = (backend.MultiRowInsert, backend.MultiRowDelete, backend.MultiRowUpdate)
+
+
+def first_sync(store: Store, data: list[ActivityRow]) -> None:
+    batch = store.usage_batch(AS_OF)
+    batch.analytics(data)
+    batch.flush()
+
+
+def daily_sync(store: Store, data: list[ActivityRow]) -> None:
+    batch = store.usage_batch(AS_OF)
+    by_key: dict[str, list[ActivityRow]] = {}
+    for row in data:
+        by_key.setdefault(row.key_hash, []).append(row)
+    first, last = min(r.date for r in data), max(r.date for r in data)
+    for key_hash, rows in by_key.items():
+        batch.key_activity(key_hash, rows, first, last)
+    batch.flush()
+
+
+def changed(data: list[ActivityRow]) -> list[ActivityRow]:
+    return [dataclasses.replace(r, requests=r.requests + 1) if i % 10 == 0 else r
+            for i, r in enumerate(data)]
+
+
+def store_once(server: PgServer, scenario: str, data: list[ActivityRow],
                row_by_row: bool) -> tuple[float, float, float]:
     url = server.create_schema()
     store = Store(connect(url))
-    plan = backend.MultiRowInsert.of
+    if scenario == "daily":
+        daily_sync(store, data)  # the days as the day before stored them (not measured)
+        data = changed(data)
+    plans = [plan.of for plan in PLANS]
     if row_by_row:
-        backend.MultiRowInsert.of = lambda sql: None  # type: ignore[assignment,method-assign]
+        for plan in PLANS:
+            plan.of = lambda sql: None  # type: ignore[assignment,method-assign]
     try:
         before = server_cpu(server)
         cpu, wall = time.process_time(), time.perf_counter()
-        batch = store.usage_batch(AS_OF)
-        batch.analytics(data)
-        batch.flush()
+        (first_sync if scenario == "first" else daily_sync)(store, data)
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     finally:
-        backend.MultiRowInsert.of = plan  # type: ignore[method-assign]
+        for plan, of in zip(PLANS, plans, strict=True):
+            plan.of = of  # type: ignore[method-assign]
         store.conn.close()
     time.sleep(0.2)  # the session's backend exits and is reaped
     return wall, cpu, server_cpu(server) - before
@@ -80,29 +115,40 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     data = rows(args.keys, args.days)
+    recent = [r for r in data if r.date > AS_OF.date() - dt.timedelta(days=31)]
     run_dir = Path(tempfile.mkdtemp(prefix="openrouter-usage-bench-pg-"))
     run_dir.chmod(0o755)
     server = PgServer.shared(run_dir)
-    results: dict[bool, list[tuple[float, float, float]]] = {True: [], False: []}
+    scenarios = {"first": data, "daily": recent}
+    results: dict[tuple[str, bool], list[tuple[float, float, float]]] = {
+        (s, w): [] for s in scenarios for w in (True, False)}
     try:
-        store_once(server, data[:1000], False)  # warm up: imports, the first connection
+        store_once(server, "first", data[:1000], False)  # warm up: imports, a first connection
         for _ in range(args.rounds):
-            for row_by_row in (True, False):
-                results[row_by_row].append(store_once(server, data, row_by_row))
+            for scenario, rows_of in scenarios.items():
+                for row_by_row in (True, False):
+                    results[(scenario, row_by_row)].append(
+                        store_once(server, scenario, rows_of, row_by_row))
     finally:
         server.close()
         PgServer.stop_shared(run_dir)
 
-    print(f"{len(data):,} key x model x day rows ({args.keys} keys, {len(MODELS)} models, "
-          f"{args.days} days), best of {args.rounds}:")
-    best = {way: tuple(min(r[i] for r in results[way]) for i in range(3)) for way in results}
-    for way, label in ((True, "one row per statement  "), (False, "many rows per statement")):
-        wall, cpu, srv = best[way]
-        print(f"  {label} {wall:6.2f} s wall, {cpu:6.2f} s client CPU, {srv:6.2f} s server "
-              f"CPU, {cpu + srv:6.2f} s CPU in all")
-    (old_wall, old_cpu, old_srv), (new_wall, new_cpu, new_srv) = best[True], best[False]
-    print(f"  ratio: wall {new_wall / old_wall:.3f}x, CPU in all "
-          f"{(new_cpu + new_srv) / (old_cpu + old_srv):.3f}x")
+    titles = {"first": f"first sync: {len(data):,} analytics rows ({args.keys} keys, "
+                       f"{len(MODELS)} models, {args.days} days)",
+              "daily": f"daily sync: {len(recent):,} /activity rows stored again, "
+                       "one in ten changed"}
+    for scenario, title in titles.items():
+        print(f"{title}, best of {args.rounds}:")
+        best = {way: tuple(min(r[i] for r in results[(scenario, way)]) for i in range(3))
+                for way in (True, False)}
+        for way, label in ((True, "one row per statement  "),
+                           (False, "many rows per statement")):
+            wall, cpu, srv = best[way]
+            print(f"  {label} {wall:6.2f} s wall, {cpu:6.2f} s client CPU, {srv:6.2f} s "
+                  f"server CPU, {cpu + srv:6.2f} s CPU in all")
+        (old_wall, old_cpu, old_srv), (new_wall, new_cpu, new_srv) = best[True], best[False]
+        print(f"  ratio: wall {new_wall / old_wall:.3f}x, CPU in all "
+              f"{(new_cpu + new_srv) / (old_cpu + old_srv):.3f}x")
 
 
 if __name__ == "__main__":

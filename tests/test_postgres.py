@@ -21,7 +21,13 @@ from bot.config import load_config
 from bot.errors import ConfigError, DataError
 from bot.models import ActivityRow, ApiKey, Credits, Snapshot
 from bot.store import SCHEMA_VERSION, AlertState, Store, connect, migrate
-from bot.store.backend import MultiRowDelete, MultiRowInsert, open_db, redact_url
+from bot.store.backend import (
+    MultiRowDelete,
+    MultiRowInsert,
+    MultiRowUpdate,
+    open_db,
+    redact_url,
+)
 from tests.pg_server import PgServer
 
 T0 = dt.datetime(2024, 5, 31, 12, 0, tzinfo=dt.UTC)
@@ -278,7 +284,42 @@ def test_deleting_many_rows_at_once_deletes_each_once(db_target: str) -> None:
     assert deleted == len(gone) and left == set(kept) - set(gone)
 
 
-def test_the_inserts_of_the_history_go_many_rows_at_once_on_postgresql() -> None:
+GUARDED_UPDATE = ("UPDATE bulk SET n = ?, note = ? WHERE k1 = ? AND k2 = ? AND n <= ? "
+                  "AND (n != ? OR note != ?)")
+
+
+def test_updating_many_rows_at_once_means_one_row_at_a_time(db_target: str) -> None:
+    """An update that the one before it changed the row for sees that change, as one at a
+    time; the guard (n <= limit, something differs) refuses some."""
+    rows = bulk_rows(300)
+    table, _ = one_at_a_time(rows, accumulate=False)
+    keys = sorted(table)
+    asked = []
+    for i in range(2_200):
+        k1, k2 = keys[(i * 13) % len(keys)]
+        asked.append((i % 7, f"u{i % 3}", k1, k2, 2 + i % 4, i % 7, f"u{i % 3}"))
+        if i % 9 == 0:  # the same row again at once, the guard now reading the new figures
+            asked.append((i % 5, "again", k1, k2, 3, i % 5, "again"))
+    want = dict(table)
+    changed = 0
+    for n, note, k1, k2, limit, _, _ in asked:
+        old_n, old_note = want[(k1, k2)]
+        if old_n <= limit and (old_n != n or old_note != note):
+            want[(k1, k2)] = (n, note)
+            changed += 1
+    db = open_db(db_target)
+    try:
+        with db.write():
+            db.execute(BULK_TABLE)
+            db.executemany(FIRST_WINS, rows)
+            assert db.executemany(GUARDED_UPDATE, asked).rowcount == changed
+            got = {(r["k1"], r["k2"]): (r["n"], r["note"]) for r in db.rows("SELECT * FROM bulk")}
+    finally:
+        db.close()
+    assert got == want and 0 < changed < len(asked)
+
+
+def test_the_writes_of_the_history_go_many_rows_at_once_on_postgresql() -> None:
     assert MultiRowInsert.of(ACCUMULATE) is not None and MultiRowInsert.of(FIRST_WINS) is not None
     assert all(MultiRowInsert.of(sql) is not None for sql in (  # a sync's bulk of rows
         history._KEY_USAGE_INSERT, history._KEY_USAGE_UPSERT,
@@ -293,6 +334,11 @@ def test_the_inserts_of_the_history_go_many_rows_at_once_on_postgresql() -> None
     for other in ("DELETE FROM bulk WHERE k1 = ? OR k2 = ?", "DELETE FROM bulk WHERE k2 > ?",
                   "DELETE FROM bulk WHERE k1 = ? AND note LIKE ?"):
         assert MultiRowDelete.of(other) is None
+    assert MultiRowUpdate.of(history._KEY_USAGE_UPDATE) is not None
+    for other in ("UPDATE bulk SET n = ? WHERE k1 = ? OR k2 = ?",  # keys do not pick one row
+                  "UPDATE bulk SET n = n + ? WHERE k1 = ?", "UPDATE bulk SET n = ? WHERE k2 > ?",
+                  "UPDATE bulk SET note = 'x' WHERE k1 = ?"):
+        assert MultiRowUpdate.of(other) is None
 
 
 # --- lost connections ------------------------------------------------------------------------

@@ -377,6 +377,24 @@ class _Changed(list[Any]):
         return []
 
 
+def _batches(rows: list[tuple[Any, ...]], key: tuple[int, ...] | None,
+             size: int) -> Iterator[list[tuple[Any, ...]]]:
+    """`rows` in order, at most `size` at a time, two rows with the same values at `key`'s
+    positions never in one batch (None: any rows may share one)."""
+    batch: list[tuple[Any, ...]] = []
+    seen: set[tuple[Any, ...]] = set()
+    for row in rows:
+        value = tuple(row[i] for i in key) if key is not None else None
+        if len(batch) >= size or (value is not None and value in seen):
+            yield batch
+            batch, seen = [], set()
+        batch.append(row)
+        if value is not None:
+            seen.add(value)
+    if batch:
+        yield batch
+
+
 _INSERT = re.compile(
     r"^\s*INSERT\s+INTO\s+\"?(\w+)\"?\s*\(([^()]*)\)\s*VALUES\s*\(([\s?,]*)\)(.*)$", re.S | re.I)
 _CONFLICT = re.compile(r"\bON\s+CONFLICT\s*(?:\(([^()]*)\))?\s*DO\s+(NOTHING|UPDATE)\b", re.I)
@@ -429,18 +447,7 @@ class MultiRowInsert:
                 f"{self._tail}")
 
     def batches(self, rows: list[tuple[Any, ...]]) -> Iterator[list[tuple[Any, ...]]]:
-        batch: list[tuple[Any, ...]] = []
-        keys: set[tuple[Any, ...]] = set()
-        for row in rows:
-            key = tuple(row[i] for i in self._key) if self._key is not None else None
-            if len(batch) >= self.ROWS or (key is not None and key in keys):
-                yield batch
-                batch, keys = [], set()
-            batch.append(row)
-            if key is not None:
-                keys.add(key)
-        if batch:
-            yield batch
+        return _batches(rows, self._key, self.ROWS)
 
 
 _DELETE = re.compile(r"^\s*DELETE\s+FROM\s+(\w+)\s+WHERE\s+(.+?)\s*$", re.S | re.I)
@@ -478,8 +485,76 @@ class MultiRowDelete:
                 f"(SELECT * FROM unnest({arrays}))")
 
     def batches(self, rows: list[tuple[Any, ...]]) -> Iterator[list[tuple[Any, ...]]]:
-        for start in range(0, len(rows), self.ROWS):
-            yield rows[start:start + self.ROWS]
+        return _batches(rows, None, self.ROWS)
+
+
+_UPDATE = re.compile(r"^\s*UPDATE\s+\"?(\w+)\"?\s+SET\s+(.+?)\s+WHERE\s+(.+?)\s*$", re.S | re.I)
+_COMPARED = re.compile(r'"?(\w+)"?\s*(=|!=|<>|>=|<=|>|<)\s*\?')
+
+
+def _top_level_or(condition: str) -> bool:
+    depth = 0
+    for word in re.findall(r"\(|\)|\bOR\b", condition, re.I):
+        depth += 1 if word == "(" else -1 if word == ")" else 0
+        if depth == 0 and word.upper() == "OR":
+            return True
+    return False
+
+
+class MultiRowUpdate:
+    """`UPDATE t SET a = ?, ... WHERE k = ? AND ... [AND other conditions on ?]` for many rows
+    as a few statements, `UPDATE t SET a = v.p1 ... FROM unnest(an array per parameter) AS
+    v(p1, ...) WHERE k = v.p2 ...`. Each parameter is typed by the column it is set to or
+    compared with. Rows with the same values for the `column = ?` conditions could update
+    the same row, so they go in different statements, in their order."""
+
+    ROWS = 1000
+
+    def __init__(self, table: str, sql: str, columns: list[str], key: tuple[int, ...]) -> None:
+        self.table = table
+        self.columns = columns  # the column each parameter is set to or compared with
+        self._sql = sql
+        self._key = key
+
+    @classmethod
+    @lru_cache(maxsize=128)
+    def of(cls, sql: str) -> MultiRowUpdate | None:
+        """The plan for `sql`, or None where it is not such an UPDATE (sent row by row)."""
+        match = _UPDATE.match(sql)
+        if match is None or "'" in sql or '"' in match.group(2) + match.group(3):
+            return None
+        table, sets, where = match.groups()
+        if _top_level_or(where):
+            return None  # `a = ? OR b = ?`: rows with different keys may reach the same row
+        columns: list[str] = []
+        key: list[int] = []
+        parts: list[str] = []
+        for text, clause in ((sets, "SET"), (where, "WHERE")):
+            pos, out = 0, []
+            for found in _COMPARED.finditer(text):
+                column, op = found.groups()
+                if clause == "SET" and op != "=":
+                    return None
+                if clause == "WHERE" and op == "=" and re.search(
+                        r"(^|\bAND)\s*$", text[:found.start()], re.I):
+                    key.append(len(columns))  # a top-level `column = ?`
+                columns.append(column)
+                out.append(text[pos:found.end() - 1] + f"v.p{len(columns)}")
+                pos = found.end()
+            out.append(text[pos:])
+            parts.append("".join(out))
+        if sql.count("?") != len(columns) or not key:
+            return None
+        names = ", ".join(f"p{i}" for i in range(1, len(columns) + 1))
+        body = f'UPDATE "{table}" SET {parts[0]} FROM unnest(ARRAYS) AS v({names}) WHERE {parts[1]}'
+        return cls(table, body.replace("%", "%%"), columns, tuple(key))
+
+    def sql(self, types: Mapping[str, str]) -> str:
+        arrays = ", ".join(f"%s::{types[c]}[]" for c in self.columns)
+        return self._sql.replace("ARRAYS", arrays, 1)
+
+    def batches(self, rows: list[tuple[Any, ...]]) -> Iterator[list[tuple[Any, ...]]]:
+        return _batches(rows, self._key, self.ROWS)
 
 
 class PostgresDb(Db):
@@ -568,11 +643,12 @@ class PostgresDb(Db):
 
     def executemany(self, sql: str, seq: Iterable[Sequence[Any]]) -> Cursor:
         rows = [tuple(p) for p in seq]
-        plan = MultiRowInsert.of(sql) or MultiRowDelete.of(sql)
+        plan = MultiRowInsert.of(sql) or MultiRowDelete.of(sql) or MultiRowUpdate.of(sql)
         if plan is None or len(rows) < 2:
             return self._run("executemany", sql, rows)
-        # an INSERT or DELETE of many rows goes as a few statements of many rows each (a
-        # column of values is one array parameter): one statement for the server, not one a row
+        # an INSERT, DELETE or UPDATE of many rows goes as a few statements of many rows each
+        # (a column of values is one array parameter): one statement for the server, not one
+        # a row
         import psycopg
 
         changed = 0
