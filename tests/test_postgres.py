@@ -337,7 +337,8 @@ def test_the_writes_of_the_history_go_many_rows_at_once_on_postgresql() -> None:
     assert MultiRowUpdate.of(history._KEY_USAGE_UPDATE) is not None
     for other in ("UPDATE bulk SET n = ? WHERE k1 = ? OR k2 = ?",  # keys do not pick one row
                   "UPDATE bulk SET n = n + ? WHERE k1 = ?", "UPDATE bulk SET n = ? WHERE k2 > ?",
-                  "UPDATE bulk SET note = 'x' WHERE k1 = ?"):
+                  "UPDATE bulk SET note = 'x' WHERE k1 = ?",
+                  "UPDATE bulk SET n = ? WHERE k1 = ? AND n < (SELECT max(n) FROM bulk)"):
         assert MultiRowUpdate.of(other) is None
 
 

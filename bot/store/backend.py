@@ -423,7 +423,7 @@ class MultiRowInsert:
         if match is None:
             return None
         table, columns, values, tail = match.groups()
-        if "RETURNING" in tail.upper() or "?" in tail:
+        if re.search(r"\b(RETURNING|SELECT)\b", tail, re.I) or "?" in tail:
             return None
         names = [c.strip().strip('"') for c in columns.split(",")]
         if values.count("?") != len(names) or values.replace("?", "").replace(",", "").strip():
@@ -524,8 +524,8 @@ class MultiRowUpdate:
         if match is None or "'" in sql or '"' in match.group(2) + match.group(3):
             return None
         table, sets, where = match.groups()
-        if _top_level_or(where):
-            return None  # `a = ? OR b = ?`: rows with different keys may reach the same row
+        if _top_level_or(where) or re.search(r"\bSELECT\b", sets + where, re.I):
+            return None  # rows with different keys could reach the same row, or read others
         columns: list[str] = []
         key: list[int] = []
         parts: list[str] = []
