@@ -510,10 +510,11 @@ class MultiRowUpdate:
 
     ROWS = 1000
 
-    def __init__(self, table: str, sql: str, columns: list[str], key: tuple[int, ...]) -> None:
+    def __init__(self, table: str, head: str, tail: str, columns: list[str],
+                 key: tuple[int, ...]) -> None:
         self.table = table
         self.columns = columns  # the column each parameter is set to or compared with
-        self._sql = sql
+        self._head, self._tail = head, tail  # the statement around its arrays
         self._key = key
 
     @classmethod
@@ -546,12 +547,12 @@ class MultiRowUpdate:
         if sql.count("?") != len(columns) or not key:
             return None
         names = ", ".join(f"p{i}" for i in range(1, len(columns) + 1))
-        body = f'UPDATE "{table}" SET {parts[0]} FROM unnest(ARRAYS) AS v({names}) WHERE {parts[1]}'
-        return cls(table, body.replace("%", "%%"), columns, tuple(key))
+        head = f'UPDATE "{table}" SET {parts[0]} FROM unnest('.replace("%", "%%")
+        tail = f") AS v({names}) WHERE {parts[1]}".replace("%", "%%")
+        return cls(table, head, tail, columns, tuple(key))
 
     def sql(self, types: Mapping[str, str]) -> str:
-        arrays = ", ".join(f"%s::{types[c]}[]" for c in self.columns)
-        return self._sql.replace("ARRAYS", arrays, 1)
+        return self._head + ", ".join(f"%s::{types[c]}[]" for c in self.columns) + self._tail
 
     def batches(self, rows: list[tuple[Any, ...]]) -> Iterator[list[tuple[Any, ...]]]:
         return _batches(rows, self._key, self.ROWS)
