@@ -319,6 +319,26 @@ def test_updating_many_rows_at_once_means_one_row_at_a_time(db_target: str) -> N
     assert got == want and 0 < changed < len(asked)
 
 
+HOSTILE_TEXT = ["NULL", "null", "", " ", "{a,b}", '"quoted"', "back\\slash", "a,b", "(1,2)",
+                "it's", "%s", "%(x)s", "ünï ☃ 🙂", "line\nbreak", "tab\t", "<!channel>"]
+
+
+def test_awkward_text_survives_many_rows_at_once(db_target: str) -> None:
+    rows = [("k", i, i, text) for i, text in enumerate(HOSTILE_TEXT)]
+    db = open_db(db_target)
+    try:
+        with db.write():
+            db.execute(BULK_TABLE)
+            db.executemany(FIRST_WINS, rows)
+            db.executemany(GUARDED_UPDATE, [(n, note + "!", k1, k2, n, n, note + "!")
+                                            for k1, k2, n, note in rows])
+            db.executemany("DELETE FROM bulk WHERE k1 = ? AND k2 = ?", [("k", 0), ("k", 99)])
+            got = {r["k2"]: r["note"] for r in db.rows("SELECT k2, note FROM bulk")}
+    finally:
+        db.close()
+    assert got == {i: text + "!" for i, text in enumerate(HOSTILE_TEXT) if i != 0}
+
+
 def test_the_writes_of_the_history_go_many_rows_at_once_on_postgresql() -> None:
     assert MultiRowInsert.of(ACCUMULATE) is not None and MultiRowInsert.of(FIRST_WINS) is not None
     assert all(MultiRowInsert.of(sql) is not None for sql in (  # a sync's bulk of rows
