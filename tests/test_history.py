@@ -100,6 +100,16 @@ def close(a: float | Decimal, b: Decimal) -> bool:
     return abs(Decimal(str(a)) - b) <= abs(b) * Decimal("1e-9") + Decimal("1e-9")
 
 
+def assert_every_key_matches_the_server(store: Store, fake: FakeOpenRouter, first: dt.date,
+                                        last: dt.date) -> None:
+    """Each key's stored cost over `first`..`last`, and their sum, are the server's."""
+    got = key_costs(store, first, last)
+    for key in fake.keys:
+        want = cost(truth_of(fake.key_activity[key["hash"]], first, last))
+        assert close(got.get(key["hash"], Decimal(0)), want), key["name"]
+    assert close(sum(got.values(), Decimal(0)), cost(truth(fake, first, last)))
+
+
 def key_costs(store: Store, first: dt.date, last: dt.date) -> dict[str, Decimal]:
     out: dict[str, Decimal] = {}
     for row in store.key_period_rows(first, last):
@@ -200,11 +210,7 @@ def test_truncated_answers_are_split_and_never_summed(
     with client_for(fake, clock) as client:
         run_sync(client, store, now=NOW, backfill=dt.timedelta(days=60))
     first, last = TODAY - DAY * 60, YESTERDAY
-    got = key_costs(store, first, last)
-    for key in fake.keys:
-        want = cost(truth_of(fake.key_activity[key["hash"]], first, last))
-        assert close(got.get(key["hash"], Decimal(0)), want), key["name"]
-    assert close(sum(got.values(), Decimal(0)), cost(truth(fake, first, last)))
+    assert_every_key_matches_the_server(store, fake, first, last)
     org = store.activity(first, last, "")
     assert close(sum((r.cost for r in org), Decimal(0)), cost(truth(fake, first, last)))
     assert store.missing_days(first, last) == []
@@ -529,11 +535,7 @@ def test_a_year_is_asked_in_answers_large_enough_to_fit_the_rate_limit_without_w
     assert clock.sleeps == [] and fake.rate_limited == 0  # never waited for the rate limit
     assert max(rows for rows, _ in sizes) > 2 * 20  # answers grew past the target
     first = TODAY - DAY * 365
-    got = key_costs(store, first, YESTERDAY)
-    assert close(sum(got.values(), Decimal(0)), cost(truth(fake, first, YESTERDAY)))
-    for key in fake.keys:
-        want = cost(truth_of(fake.key_activity[key["hash"]], first, YESTERDAY))
-        assert close(got.get(key["hash"], Decimal(0)), want), key["name"]
+    assert_every_key_matches_the_server(store, fake, first, YESTERDAY)
     assert store.missing_days(first, YESTERDAY) == []
 
 
@@ -569,11 +571,7 @@ def test_a_server_that_cuts_answers_short_still_wins_over_larger_answers(
     assert len(cut) <= 3  # and later windows stayed below where it cut
     assert all(rows <= 50 for rows, _ in sizes[cut[0]:])
     first = TODAY - DAY * 365
-    got = key_costs(store, first, YESTERDAY)
-    for key in fake.keys:
-        want = cost(truth_of(fake.key_activity[key["hash"]], first, YESTERDAY))
-        assert close(got.get(key["hash"], Decimal(0)), want), key["name"]
-    assert close(sum(got.values(), Decimal(0)), cost(truth(fake, first, YESTERDAY)))
+    assert_every_key_matches_the_server(store, fake, first, YESTERDAY)
 
 
 def test_an_answer_is_handed_on_a_chunk_at_a_time_and_each_window_closes_after_its_rows(
