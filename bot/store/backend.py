@@ -377,22 +377,44 @@ class _Changed(list[Any]):
         return []
 
 
-def _batches(rows: list[tuple[Any, ...]], key: tuple[int, ...] | None,
-             size: int) -> Iterator[list[tuple[Any, ...]]]:
-    """`rows` in order, at most `size` at a time, two rows with the same values at `key`'s
-    positions never in one batch (None: any rows may share one)."""
-    batch: list[tuple[Any, ...]] = []
-    seen: set[tuple[Any, ...]] = set()
-    for row in rows:
-        value = tuple(row[i] for i in key) if key is not None else None
-        if len(batch) >= size or (value is not None and value in seen):
+class _BulkPlan:
+    """How one statement of `executemany` goes many rows at a time: one typed array per
+    `columns` entry (the column each parameter goes to or is compared with), at most `ROWS`
+    rows a statement, and rows with the same values at `key`'s positions never in one
+    statement (they could reach the same row; None: no two can)."""
+
+    ROWS = 1000
+
+    def __init__(self, table: str, columns: list[str], key: tuple[int, ...] | None) -> None:
+        self.table = table
+        self.columns = columns
+        self._key = key
+
+    def _arrays(self, types: Mapping[str, str]) -> str:
+        return ", ".join(f"%s::{types[c]}[]" for c in self.columns)
+
+    def _quoted_columns(self) -> str:
+        return ", ".join(f'"{c}"' for c in self.columns)
+
+    def batches(self, rows: list[tuple[Any, ...]]) -> Iterator[list[tuple[Any, ...]]]:
+        """`rows` in order, cut into statements."""
+        batch: list[tuple[Any, ...]] = []
+        seen: set[tuple[Any, ...]] = set()
+        for row in rows:
+            value = tuple(row[i] for i in self._key) if self._key is not None else None
+            if len(batch) >= self.ROWS or (value is not None and value in seen):
+                yield batch
+                batch, seen = [], set()
+            batch.append(row)
+            if value is not None:
+                seen.add(value)
+        if batch:
             yield batch
-            batch, seen = [], set()
-        batch.append(row)
-        if value is not None:
-            seen.add(value)
-    if batch:
-        yield batch
+
+
+def _names(text: str) -> list[str]:
+    """`a, "b"` -> ["a", "b"]."""
+    return [c.strip().strip('"') for c in text.split(",")]
 
 
 _INSERT = re.compile(
@@ -400,20 +422,16 @@ _INSERT = re.compile(
 _CONFLICT = re.compile(r"\bON\s+CONFLICT\s*(?:\(([^()]*)\))?\s*DO\s+(NOTHING|UPDATE)\b", re.I)
 
 
-class MultiRowInsert:
+class MultiRowInsert(_BulkPlan):
     """`INSERT INTO t (cols) VALUES (?, ...) [ON CONFLICT ...]` sent with many rows per
     statement (`INSERT ... SELECT * FROM unnest(an array per column)`), with executemany's
     meaning kept: rows that would hit the same conflict key go in different statements, in
     their order (one statement may not update a row twice)."""
 
-    ROWS = 1000
-
     def __init__(self, table: str, columns: list[str], tail: str,
                  key: tuple[int, ...] | None) -> None:
-        self.table = table
-        self.columns = columns
+        super().__init__(table, columns, key)  # key: the DO UPDATE conflict key's positions
         self._tail = _pg_sql(tail)
-        self._key = key  # the conflict key's positions; None: rows never clash
 
     @classmethod
     @lru_cache(maxsize=128)
@@ -425,7 +443,7 @@ class MultiRowInsert:
         table, columns, values, tail = match.groups()
         if re.search(r"\b(RETURNING|SELECT)\b", tail, re.I) or "?" in tail:
             return None
-        names = [c.strip().strip('"') for c in columns.split(",")]
+        names = _names(columns)
         if values.count("?") != len(names) or values.replace("?", "").replace(",", "").strip():
             return None
         conflict = _CONFLICT.search(tail)
@@ -433,7 +451,7 @@ class MultiRowInsert:
         if conflict is not None and conflict.group(2).upper() == "UPDATE":
             if conflict.group(1) is None:
                 return None
-            target = [c.strip().strip('"') for c in conflict.group(1).split(",")]
+            target = _names(conflict.group(1))
             if not set(target) <= set(names):
                 return None
             key = tuple(names.index(c) for c in target)
@@ -441,29 +459,18 @@ class MultiRowInsert:
 
     def sql(self, types: Mapping[str, str]) -> str:
         """The statement for a table whose columns have `types`: one array per column."""
-        arrays = ", ".join(f"%s::{types[c]}[]" for c in self.columns)
-        columns = ", ".join(f'"{c}"' for c in self.columns)
-        return (f'INSERT INTO "{self.table}" ({columns}) SELECT * FROM unnest({arrays}) '
-                f"{self._tail}")
-
-    def batches(self, rows: list[tuple[Any, ...]]) -> Iterator[list[tuple[Any, ...]]]:
-        return _batches(rows, self._key, self.ROWS)
+        return (f'INSERT INTO "{self.table}" ({self._quoted_columns()}) '
+                f"SELECT * FROM unnest({self._arrays(types)}) {self._tail}")
 
 
 _DELETE = re.compile(r"^\s*DELETE\s+FROM\s+(\w+)\s+WHERE\s+(.+?)\s*$", re.S | re.I)
 _EQUALS = re.compile(r'^\s*"?(\w+)"?\s*=\s*\?\s*$')
 
 
-class MultiRowDelete:
+class MultiRowDelete(_BulkPlan):
     """`DELETE FROM t WHERE a = ? AND b = ?` for many rows as a few statements,
     `DELETE FROM t WHERE (a, b) IN (SELECT * FROM unnest(an array per column))`: deleting
     is the same in any order and any grouping, so rows are simply taken 1,000 at a time."""
-
-    ROWS = 1000
-
-    def __init__(self, table: str, columns: list[str]) -> None:
-        self.table = table
-        self.columns = columns
 
     @classmethod
     @lru_cache(maxsize=128)
@@ -476,16 +483,11 @@ class MultiRowDelete:
         terms = [_EQUALS.match(t) for t in re.split(r"\bAND\b", condition, flags=re.I)]
         if not all(terms):
             return None
-        return cls(table, [t.group(1) for t in terms if t is not None])
+        return cls(table, [t.group(1) for t in terms if t is not None], None)
 
     def sql(self, types: Mapping[str, str]) -> str:
-        arrays = ", ".join(f"%s::{types[c]}[]" for c in self.columns)
-        columns = ", ".join(f'"{c}"' for c in self.columns)
-        return (f'DELETE FROM "{self.table}" WHERE ({columns}) IN '
-                f"(SELECT * FROM unnest({arrays}))")
-
-    def batches(self, rows: list[tuple[Any, ...]]) -> Iterator[list[tuple[Any, ...]]]:
-        return _batches(rows, None, self.ROWS)
+        return (f'DELETE FROM "{self.table}" WHERE ({self._quoted_columns()}) IN '
+                f"(SELECT * FROM unnest({self._arrays(types)}))")
 
 
 _UPDATE = re.compile(r"^\s*UPDATE\s+\"?(\w+)\"?\s+SET\s+(.+?)\s+WHERE\s+(.+?)\s*$", re.S | re.I)
@@ -501,21 +503,17 @@ def _top_level_or(condition: str) -> bool:
     return False
 
 
-class MultiRowUpdate:
+class MultiRowUpdate(_BulkPlan):
     """`UPDATE t SET a = ?, ... WHERE k = ? AND ... [AND other conditions on ?]` for many rows
     as a few statements, `UPDATE t SET a = v.p1 ... FROM unnest(an array per parameter) AS
     v(p1, ...) WHERE k = v.p2 ...`. Each parameter is typed by the column it is set to or
     compared with. Rows with the same values for the `column = ?` conditions could update
     the same row, so they go in different statements, in their order."""
 
-    ROWS = 1000
-
     def __init__(self, table: str, head: str, tail: str, columns: list[str],
                  key: tuple[int, ...]) -> None:
-        self.table = table
-        self.columns = columns  # the column each parameter is set to or compared with
+        super().__init__(table, columns, key)
         self._head, self._tail = head, tail  # the statement around its arrays
-        self._key = key
 
     @classmethod
     @lru_cache(maxsize=128)
@@ -552,10 +550,7 @@ class MultiRowUpdate:
         return cls(table, head, tail, columns, tuple(key))
 
     def sql(self, types: Mapping[str, str]) -> str:
-        return self._head + ", ".join(f"%s::{types[c]}[]" for c in self.columns) + self._tail
-
-    def batches(self, rows: list[tuple[Any, ...]]) -> Iterator[list[tuple[Any, ...]]]:
-        return _batches(rows, self._key, self.ROWS)
+        return self._head + self._arrays(types) + self._tail
 
 
 class PostgresDb(Db):
