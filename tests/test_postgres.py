@@ -452,3 +452,38 @@ def test_daemon_waits_for_a_database_that_is_not_up_yet(tmp_path: Path) -> None:
         _, rest = proc.communicate(timeout=30)
     assert proc.returncode == 0
     assert "secret-pw-1" not in first + rest and "postgresql://bot@127.0.0.1" in first
+
+
+def test_a_schema_given_back_is_empty_counts_from_1_and_a_changed_one_is_never_reused(
+    pg_server: PgServer,
+) -> None:
+    """The tests' pool of migrated schemas (tests/pg_server.py): what one test wrote is gone
+    before the next gets the schema, identity columns start at 1 again, and a schema whose
+    shape a test changed is dropped, not handed out."""
+    import psycopg
+
+    url = pg_server.migrated_schema()
+    with psycopg.connect(url, autocommit=True) as conn:
+        ids = [conn.execute("INSERT INTO key_ids (hash) VALUES (%s) RETURNING id",
+                            (f"h{i}",)).fetchone()[0] for i in range(3)]
+        conn.execute("INSERT INTO meta (key, value) VALUES ('k', 'v')")
+    assert ids == [1, 2, 3]
+    pg_server.give_back(url)
+    again = pg_server.migrated_schema()
+    assert again == url  # reused
+    with psycopg.connect(again, autocommit=True) as conn:
+        assert conn.execute("SELECT count(*) FROM key_ids").fetchone()[0] == 0
+        assert conn.execute("SELECT count(*) FROM meta").fetchone()[0] == 0
+        assert conn.execute("INSERT INTO key_ids (hash) VALUES ('x') RETURNING id"
+                            ).fetchone()[0] == 1
+        assert conn.execute("SELECT count(*) FROM schema_migrations").fetchone()[0] \
+            == SCHEMA_VERSION  # the migrations recorded stay
+        conn.execute("ALTER TABLE meta ADD COLUMN extra TEXT")
+    pg_server.give_back(again)
+    fresh = pg_server.migrated_schema()
+    assert fresh != again
+    with psycopg.connect(fresh, autocommit=True) as conn:
+        gone = conn.execute("SELECT count(*) FROM pg_namespace WHERE nspname = %s",
+                            (again.rsplit("application_name=", 1)[1],)).fetchone()[0]
+    assert gone == 0
+    pg_server.give_back(fresh)

@@ -81,6 +81,9 @@ def chart_png(series: list[Group], *, title: str, highlight_from: dt.date | None
             color="#6b7280",
         )
     fig.tight_layout(pad=0.6)
+    # tight_layout leaves a placeholder engine behind, and savefig lays out and draws every
+    # text once more for any engine; without one the figure is drawn once (same pixels)
+    fig.set_layout_engine(None)
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None})
