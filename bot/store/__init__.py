@@ -692,22 +692,26 @@ class Store:
                 sums = merged.setdefault((day, row.model_permaslug, provider), zero_sums())
                 _add(sums, row)
             names = self.model_names()
+            runs = _runs(days)
+            # one statement per run of days (a year back is one run, not 365 statements)
             self.conn.executemany(
-                "DELETE FROM activity WHERE key_hash = '' AND date = ? AND endpoint_id LIKE ?",
-                [(d, ANALYTICS_ENDPOINT + "%") for d in sorted(wanted)],
+                "DELETE FROM activity WHERE key_hash = '' AND date BETWEEN ? AND ? "
+                "AND endpoint_id LIKE ?",
+                [(start.isoformat(), end.isoformat(), ANALYTICS_ENDPOINT + "%")
+                 for start, end in runs],
             )
-            self.conn.executemany(
+            self.conn.executemany(  # every value a parameter: sent many rows at once
                 "INSERT INTO activity (key_hash, date, endpoint_id, model_permaslug, model, "
                 "provider, usage, byok_usage, requests, prompt_tokens, completion_tokens, "
                 "reasoning_tokens, first_seen, updated_at) "
-                "VALUES ('', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
-                    (day, f"{ANALYTICS_ENDPOINT}{provider}", slug, names.get(slug, slug),
+                    ("", day, f"{ANALYTICS_ENDPOINT}{provider}", slug, names.get(slug, slug),
                      provider, _money(s[0]), _money(s[1]), s[2], s[3], s[4], s[5], ts, ts)
                     for (day, slug, provider), s in merged.items()
                 ],
             )
-            for start, end in _runs(days):
+            for start, end in runs:
                 self._cover("", start, end, ts)
         return len(days)
 
