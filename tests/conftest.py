@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -109,7 +110,10 @@ def run_clock() -> Clock:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark the tests that take our `clock` fixture, except their PostgreSQL runs (the time
-    logic lives above the store, so the SQLite runs cover it at every clock)."""
+    logic lives above the store, so the SQLite runs cover it at every clock); under xdist,
+    spread each file's tests over the run (`interleave_files`)."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        items[:] = interleave_files(items)
     for item in items:
         info = getattr(item, "_fixtureinfo", None)
         defs = info.name2fixturedefs.get("clock", ()) if info is not None else ()
@@ -119,6 +123,23 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
                 callspec.params.get("db_target"), callspec.params.get("fresh_db_target")))
         if defs and defs[-1].func is clock.__wrapped__ and not on_postgresql:
             item.add_marker(pytest.mark.clock)
+
+
+def interleave_files(items: list[pytest.Item]) -> list[pytest.Item]:
+    """The tests of each file spread evenly over the run: the k-th of a file's n tests goes at
+    k/n of the way through (ties in file order).
+
+    xdist hands each worker a run of consecutive tests, so in file order the workers all sit
+    in the same file at once; where that file's tests mostly wait (daemons taking over a
+    lease, a fake Slack or SMTP server holding an answer back) the two cores idled. Spread out
+    like this the waiting tests fall among tests that compute, and the run ends with the last
+    tests of the largest files (small ones). Every worker orders alike."""
+    by_file: dict[str, list[pytest.Item]] = {}
+    for item in items:
+        by_file.setdefault(item.nodeid.split("::", 1)[0], []).append(item)
+    placed = [(k / len(tests), f, k, item) for f, tests in enumerate(by_file.values())
+              for k, item in enumerate(tests)]
+    return [item for *_, item in sorted(placed, key=lambda p: p[:3])]
 
 
 def chosen_clock(config: pytest.Config) -> Clock:
