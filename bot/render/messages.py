@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import hashlib
 import html
 import io
 import json
@@ -352,6 +353,39 @@ def _template_error(name: str, exc: Exception) -> ConfigError:
     return ConfigError(f"template {where}{f':{line}' if line else ''}: {detail}")
 
 
+class _CompiledTemplates(jinja2.FileSystemBytecodeCache):
+    """Compiled templates kept between runs, so that a CLI run or a daemon's start compiles
+    only the templates that changed: Jinja keys each by its file and checks its source, and
+    keeps them in a folder of the temp directory private to this user. Jinja does not check
+    the options the code was compiled with, so the file names carry a fingerprint of this
+    module (where the options are set) and of Jinja's version. A cache that cannot be read
+    or written is passed over: the template is compiled as if there were none."""
+
+    def __init__(self) -> None:
+        fingerprint = hashlib.sha256(Path(__file__).read_bytes()
+                                     + jinja2.__version__.encode()).hexdigest()[:16]
+        super().__init__(pattern=f"openrouter-usage-{fingerprint}-%s.cache")
+
+    def load_bytecode(self, bucket: jinja2.bccache.Bucket) -> None:
+        try:
+            super().load_bytecode(bucket)
+        except OSError:
+            bucket.reset()
+
+    def dump_bytecode(self, bucket: jinja2.bccache.Bucket) -> None:
+        try:
+            super().dump_bytecode(bucket)
+        except OSError:
+            pass
+
+
+def _bytecode_cache() -> jinja2.BytecodeCache | None:
+    try:
+        return _CompiledTemplates()
+    except (OSError, RuntimeError):  # no temp folder, or one another user owns
+        return None
+
+
 @functools.lru_cache(maxsize=8)
 def _environment(templates_dir: str | None) -> jinja2.Environment:
     """The Jinja environment for `templates_dir` (before the bundled templates), one per
@@ -368,6 +402,7 @@ def _environment(templates_dir: str | None) -> jinja2.Environment:
         lstrip_blocks=True,
         keep_trailing_newline=False,
         finalize=_finalize,
+        bytecode_cache=_bytecode_cache(),
     )
     env.filters.update(FILTERS)
     env.globals["alert_words"] = functools.partial(_alert_words, env)
