@@ -63,6 +63,7 @@ bench: $(STAMP_TEST) postgres-server
 	$(PY) bench/bench_report.py
 	$(PY) bench/bench_history.py --keys 560
 	$(PY) bench/bench_pg_writes.py
+	$(PY) bench/bench_templates.py
 	$(PY) bench/bench_suite.py
 
 clean:
