@@ -17,7 +17,7 @@ import pytest
 from bot.compute.aggregate import Figures, Group
 from bot.compute.digest import WeeklyReport, build_daily, build_weekly
 from bot.models import ActivityRow
-from bot.render.chart import MUTED, STRONG, chart_png, png_available
+from bot.render.chart import MUTED, STRONG, _drawn, chart_png, png_available
 from bot.render.messages import Renderer
 from tests.conftest import no_wait
 from tests.rows import row
@@ -56,8 +56,9 @@ def test_png_of_the_right_size() -> None:
 
 def test_the_same_series_gives_the_same_png_bytes_without_a_version_stamp() -> None:
     a = chart_png(FOURTEEN, title="Daily spend", highlight_from=dt.date(2026, 11, 18))
+    _drawn.cache_clear()  # drawn again, not the kept copy
     b = chart_png(FOURTEEN, title="Daily spend", highlight_from=dt.date(2026, 11, 18))
-    assert a == b
+    assert a == b and a is not b
     assert b"Software" not in a  # no version stamp that would vary between installs
 
 
@@ -165,3 +166,19 @@ def test_renderer_can_be_told_not_to_draw_pngs() -> None:
     msg = Renderer(png_charts=False).weekly_email(weekly_report())
     assert msg.inline_images == {} and len(bars(msg.html)) == 13
     assert Renderer(png_charts=True).weekly_email(weekly_report()).inline_images["chart"]
+
+
+def test_the_same_chart_asked_for_again_is_drawn_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A digest to several e-mail addresses is rendered once per address: one drawing."""
+    from matplotlib.figure import Figure
+
+    drawn = []
+    savefig = Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda self, *a, **k: (drawn.append(1),
+                                                                    savefig(self, *a, **k))[1])
+    _drawn.cache_clear()
+    first = chart_png(FOURTEEN, title="t", highlight_from=dt.date(2026, 11, 18))
+    assert chart_png(FOURTEEN, title="t", highlight_from=dt.date(2026, 11, 18)) is first
+    assert len(drawn) == 1
+    other = chart_png(FOURTEEN, title="t", highlight_from=dt.date(2026, 11, 19))  # other week
+    assert other != first and len(drawn) == 2

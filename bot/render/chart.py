@@ -6,6 +6,7 @@ matplotlib is the optional ``charts`` extra: :func:`png_available` says whether 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import io
 
 from bot.compute.aggregate import Group
@@ -38,12 +39,20 @@ def chart_png(series: list[Group], *, title: str, highlight_from: dt.date | None
     Days on or after `highlight_from` are drawn in a strong colour, earlier ones muted. The
     output is 600x260 px and byte-for-byte the same for the same input.
     """
+    days = tuple(dt.date.fromisoformat(g.name[:10]) for g in series)
+    values = tuple(float(g.figures.cost) for g in series)
+    return _drawn(days, values, title, highlight_from)
+
+
+@functools.lru_cache(maxsize=16)
+def _drawn(days: tuple[dt.date, ...], values: tuple[float, ...], title: str,
+           highlight_from: dt.date | None) -> bytes:
+    """The chart's PNG. A digest is rendered once per destination, so one going to several
+    e-mail addresses asks for the same chart again: it is drawn once (~60 ms each)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.ticker import FuncFormatter, MaxNLocator
 
-    days = [dt.date.fromisoformat(g.name[:10]) for g in series]
-    values = [float(g.figures.cost) for g in series]
     peak = max(values, default=0.0)
     colours = [STRONG if highlight_from is None or day >= highlight_from else MUTED for day in days]
 
@@ -69,7 +78,7 @@ def chart_png(series: list[Group], *, title: str, highlight_from: dt.date | None
         ax.spines[side].set_visible(False)
     ax.spines["bottom"].set_color("#9ca3af")
     ax.set_title(title.replace("$", "\\$"), fontsize=9.5, color=TEXT, loc="left", pad=6)
-    if not series or peak == 0:
+    if not days or peak == 0:
         ax.text(
             0.5,
             0.5,
