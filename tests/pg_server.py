@@ -11,8 +11,8 @@ $OPENROUTER_USAGE_TEST_PG_DIR), and the main process stops it at the end. Each w
 database of its own (the store's write lock is an advisory lock, which is per database), and
 each test a schema of its own in it (a URL whose `search_path` and `application_name` name it),
 much quicker to make than a database. A test that only needs an empty history gets a schema
-already migrated, emptied after the test before it (`db_target`); the migration tests get new,
-empty schemas (`fresh_db_target`, `pg_url`).
+already migrated, emptied after the test before it (`db_target`, `pg_url`); the migration
+tests get new, empty schemas (`fresh_db_target`).
 
 A machine without PostgreSQL fails the tests that need it, loudly: `make test` installs it
 (`apt-get install postgresql`) first. Set OPENROUTER_USAGE_NO_POSTGRES=1 to skip them instead
