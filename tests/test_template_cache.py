@@ -71,7 +71,7 @@ def test_a_changed_template_is_compiled_again(temp_dir: Path, tmp_path: Path) ->
     assert _template(Renderer(own).env, "hello.txt.j2").render(n=2) == "two 2"
 
 
-def test_cache_files_of_another_jinja_version_or_other_options_are_not_read(
+def test_cache_files_of_another_jinja_version_are_not_read(
     temp_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Jinja checks a template's source, not what it was compiled with: the files carry a
