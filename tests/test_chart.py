@@ -11,6 +11,7 @@ import struct
 import sys
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -174,8 +175,12 @@ def test_the_same_chart_asked_for_again_is_drawn_once(monkeypatch: pytest.Monkey
 
     drawn = []
     savefig = Figure.savefig
-    monkeypatch.setattr(Figure, "savefig", lambda self, *a, **k: (drawn.append(1),
-                                                                    savefig(self, *a, **k))[1])
+
+    def counted(self: Figure, *args: Any, **kwargs: Any) -> Any:
+        drawn.append(self)
+        return savefig(self, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", counted)
     _drawn.cache_clear()
     first = chart_png(FOURTEEN, title="t", highlight_from=dt.date(2026, 11, 18))
     assert chart_png(FOURTEEN, title="t", highlight_from=dt.date(2026, 11, 18)) is first

@@ -32,9 +32,9 @@ def temp_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     messages._environment.cache_clear()
 
 
-def new_process_env() -> jinja2.Environment:
+def new_process_env(templates_dir: Path | None = None) -> jinja2.Environment:
     messages._environment.cache_clear()
-    return Renderer().env
+    return Renderer(templates_dir).env
 
 
 def refuse_to_compile(env: jinja2.Environment, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -64,11 +64,9 @@ def test_a_changed_template_is_compiled_again(temp_dir: Path, tmp_path: Path) ->
     own = tmp_path / "tpl"
     own.mkdir()
     (own / "hello.txt.j2").write_text("one {{ n }}")
-    messages._environment.cache_clear()
-    assert _template(Renderer(own).env, "hello.txt.j2").render(n=1) == "one 1"
+    assert _template(new_process_env(own), "hello.txt.j2").render(n=1) == "one 1"
     (own / "hello.txt.j2").write_text("two {{ n }}")
-    messages._environment.cache_clear()
-    assert _template(Renderer(own).env, "hello.txt.j2").render(n=2) == "two 2"
+    assert _template(new_process_env(own), "hello.txt.j2").render(n=2) == "two 2"
 
 
 def test_cache_files_of_another_jinja_version_are_not_read(
