@@ -87,16 +87,21 @@ class _Backend(httpcore.NetworkBackend):
         self._backend.sleep(seconds)
 
 
+def verified_context() -> ssl.SSLContext:
+    """httpx's verifying context (it honours SSL_CERT_FILE/SSL_CERT_DIR), shared by every
+    client of this process: loading the CA bundle takes ~20 ms each time."""
+    return _ssl_context(os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
+
+
 @functools.lru_cache(maxsize=4)
 def _ssl_context(cert_file: str | None, cert_dir: str | None) -> ssl.SSLContext:
-    """httpx's verifying context (it honours SSL_CERT_FILE/SSL_CERT_DIR), built once per
-    process for each value of those variables: loading the CA bundle takes ~20 ms."""
+    """One context for each value of SSL_CERT_FILE/SSL_CERT_DIR."""
     return httpx.create_ssl_context()
 
 
 def deadline_transport(limits: httpx.Limits) -> httpx.HTTPTransport:
     """An httpx transport (certificates verified) whose requests keep :func:`deadline`."""
-    context = _ssl_context(os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
+    context = verified_context()
     transport = httpx.HTTPTransport(verify=context, limits=limits)
     # the same pool httpx builds, on a network backend that knows the deadline
     transport._pool = httpcore.ConnectionPool(

@@ -6,19 +6,25 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import ssl
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
 
-from bot.config import load_config
-from bot.errors import ConfigError
+from bot.config import HookConfig, load_config
+from bot.deadline import _ssl_context
+from bot.deliver.pagerduty import PagerDutySender
+from bot.deliver.webhook import WebhookSender
+from bot.errors import ConfigError, DeliveryError
 from bot.jobs.alerts import run_alerts
 from bot.models import Destination, Status
 from tests.alert_world import World, make_world
 from tests.fake_pagerduty import ROUTING_KEY
-from tests.fake_webhook import SECRET
+from tests.fake_webhook import SECRET, FakeWebhook, _Handler, _Server
+from tests.loopback import serving
 
 D = Decimal
 T0 = dt.datetime(2026, 11, 18, 10, 0, tzinfo=dt.UTC)
@@ -162,3 +168,40 @@ def test_check_covers_each_oncall_destination_without_sending(
     assert results["apprise:chat"].verdict is Verdict.OK
     assert fake_pagerduty.events == [] and fake_webhook.plain == []
     assert all(ROUTING_KEY not in r.detail for r in results.values())
+
+
+@pytest.fixture
+def tls_webhook(tmp_path: Path) -> Any:
+    """The fake webhook receiver behind TLS, its certificate issued by a private CA (written to
+    `tmp_path / "ca.pem"`): only a client trusting that CA can post to it."""
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    fake = FakeWebhook()
+    server = _Server(_Handler, fake)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    with serving(server):
+        fake.root = server.root.replace("http://", "https://")
+        fake.url = fake.root + "/hooks/openrouter"
+        yield fake
+
+
+def test_webhook_and_pagerduty_senders_share_one_verifying_context_that_honours_ssl_cert_file(
+        tls_webhook: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sender = WebhookSender("ops-bridge", HookConfig(url=tls_webhook.url, secret=SECRET))
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    with pytest.raises(DeliveryError, match="CERTIFICATE_VERIFY_FAILED"):
+        sender.send({"status": "firing"}, "d-0")  # the private CA is not trusted by default
+    assert tls_webhook.received == []
+
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "ca.pem"))
+    built = _ssl_context.cache_info().misses
+    assert sender.send({"status": "firing", "n": 1}, "d-1") == "d-1"
+    assert sender.send({"status": "resolved", "n": 2}, "d-2") == "d-2"
+    pagerduty = PagerDutySender(tls_webhook.root + "/plain/pd", sleep=lambda _: None)
+    with pytest.raises(DeliveryError, match="HTTP 200"):  # reached (and verified) the server
+        pagerduty.send("routing-key", {"event_action": "trigger", "dedup_key": "k"})
+    assert [doc["n"] for doc in tls_webhook.received] == [1, 2]
+    assert [doc["dedup_key"] for doc in tls_webhook.plain] == ["k"]
+    assert _ssl_context.cache_info().misses == built + 1  # the CA bundle was loaded once

@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 
+from bot.deadline import verified_context
 from bot.errors import ConfigError, DeliveryError
 from bot.text import one_line, redact
 
@@ -40,7 +41,7 @@ class PagerDutySender:
         last = ""
         for attempt in range(1, MAX_ATTEMPTS + 1):
             try:
-                with httpx.Client(timeout=self._timeout) as client:
+                with httpx.Client(timeout=self._timeout, verify=verified_context()) as client:
                     response = client.post(self._url, json=body)
             except httpx.HTTPError as exc:
                 last = one_line(redact(f"{type(exc).__name__}: {exc}", [routing_key]), 200)

@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 
 from bot.config import HookConfig
+from bot.deadline import verified_context
 from bot.errors import DeliveryError, OutcomeUnknown
 from bot.text import one_line, redact
 
@@ -54,7 +55,7 @@ class WebhookSender:
             headers[SIGNATURE_HEADER] = sign(self._hook.secret, raw)
         where = f"webhook {self._name}"
         try:
-            with httpx.Client(timeout=self._hook.timeout) as client:
+            with httpx.Client(timeout=self._hook.timeout, verify=verified_context()) as client:
                 response = client.post(self._hook.url, content=raw, headers=headers)
         except httpx.ConnectError as exc:
             raise DeliveryError(f"{where} failed: {self._reason(exc)}") from exc
