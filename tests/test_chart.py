@@ -18,6 +18,7 @@ import pytest
 from bot.compute.aggregate import Figures, Group
 from bot.compute.digest import WeeklyReport, build_daily, build_weekly
 from bot.models import ActivityRow
+from bot.render import chart
 from bot.render.chart import MUTED, STRONG, _drawn, chart_png, png_available
 from bot.render.messages import Renderer
 from tests.conftest import no_wait
@@ -187,3 +188,20 @@ def test_the_same_chart_asked_for_again_is_drawn_once(monkeypatch: pytest.Monkey
     assert len(drawn) == 1
     other = chart_png(FOURTEEN, title="t", highlight_from=dt.date(2026, 11, 19))  # other week
     assert other != first and len(drawn) == 2
+
+
+def patch_bars(ax: Any, values: Any, colours: Any) -> None:
+    """The bars as `Axes.bar` draws them: a patch per bar."""
+    ax.bar(range(len(values)), values, color=colours, width=chart.BAR_WIDTH, zorder=2)
+
+
+@pytest.mark.parametrize("days", [0, 28, 92])
+def test_bars_drawn_as_one_collection_give_the_same_pixels_as_a_patch_per_bar(
+        days: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    start = dt.date(2026, 8, 1)
+    dates = tuple(start + dt.timedelta(days=i) for i in range(days))
+    values = tuple((i * 37 % 50) * 1.25 + (i % 3) * 0.01 for i in range(days))
+    highlight = dates[days // 2] if dates else None
+    drawn = chart._drawn.__wrapped__(dates, values, "Spend", highlight)
+    monkeypatch.setattr(chart, "_bars", patch_bars)
+    assert chart._drawn.__wrapped__(dates, values, "Spend", highlight) == drawn

@@ -8,6 +8,8 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import io
+from collections.abc import Sequence
+from typing import Any
 
 from bot.compute.aggregate import Group
 
@@ -16,6 +18,7 @@ MUTED = "#c7d2e3"
 TEXT = "#374151"
 GRID = "#e5e7eb"
 WIDTH_IN, HEIGHT_IN, DPI = 6.0, 2.6, 100
+BAR_WIDTH = 0.72  # of a day
 
 
 def _dollars(value: float, cents: bool) -> str:
@@ -60,7 +63,7 @@ def _drawn(days: tuple[dt.date, ...], values: tuple[float, ...], title: str,
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     positions = list(range(len(values)))
-    ax.bar(positions, values, color=colours, width=0.72, zorder=2)
+    _bars(ax, values, colours)
 
     step = max(1, -(-len(days) // 14))  # at most ~14 labels fit in 600 px
     ax.set_xticks(positions[::step])
@@ -97,3 +100,16 @@ def _drawn(days: tuple[dt.date, ...], values: tuple[float, ...], title: str,
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None})
     return buf.getvalue()
+
+
+def _bars(ax: Any, values: Sequence[float], colours: Sequence[str]) -> None:
+    """One bar per value at x = 0, 1, ..., as one collection of rectangles: the same pixels as
+    `Axes.bar`, drawn ~20% (a month) to ~40% (a quarter) quicker than a patch per bar
+    (bench/bench_chart.py)."""
+    from matplotlib.collections import PolyCollection
+
+    half = BAR_WIDTH / 2
+    ax.add_collection(PolyCollection(
+        [[(x - half, 0.0), (x - half, v), (x + half, v), (x + half, 0.0)]
+         for x, v in enumerate(values)],
+        facecolors=colours, edgecolors="none", linewidths=0, zorder=2), autolim=False)
