@@ -148,10 +148,13 @@ class PgServer:
         for _ in range(5):  # a port taken between choosing and binding: choose again
             self.port = free_port()
             # thrown away: no durability, no background vacuuming or JIT compiling (tests'
-            # tables live for a test)
+            # tables live for a test), no statistics counters, and the least WAL (no
+            # replicas): together ~0.6 s less of the server's CPU per run, and the run
+            # seconds quicker
             options = (f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 "
                        "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
-                       "-c autovacuum=off -c jit=off "
+                       "-c autovacuum=off -c jit=off -c track_counts=off "
+                       "-c wal_level=minimal -c max_wal_senders=0 "
                        "-c max_connections=300 -c shared_buffers=32MB")
             started = self._run("pg_ctl", "start", "-D", str(self.data), "-l", str(self.log),
                                 "-w", "-t", "60", "-o", options)
