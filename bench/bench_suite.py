@@ -47,7 +47,7 @@ def main() -> int:
                         help="worker count to measure (repeatable; default: 2 x cores)")
     parser.add_argument("pytest_args", nargs="*", help="passed to pytest (e.g. -m clock)")
     args = parser.parse_args()
-    workers = args.workers or [str(2 * (os.cpu_count() or 1))]
+    workers = args.workers or [str(2 * (os.cpu_count() or 1) + 1)]
     print(f"{os.cpu_count()} cores; pytest {' '.join(args.pytest_args) or '(whole suite)'}")
     base_wall, base_cpu, summary = run("0", args.pytest_args)
     print(f"  serial      {base_wall:6.1f} s wall  {base_cpu:6.1f} s cpu   {summary}")
