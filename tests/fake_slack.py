@@ -445,7 +445,7 @@ class _Server(LoopbackServer):
 def fake_slack() -> Iterator[FakeSlack]:
     """A running fake Slack; ``.base_url`` for WebClient, ``.webhook_url`` for WebhookClient."""
     fake = FakeSlack()
-    with serving(_Server(_Handler, fake), poll=0.05) as server:
+    with serving(_Server(_Handler, fake)) as server:
         fake.root = server.root
         fake.base_url = f"{fake.root}/api/"
         fake.webhook_url = f"{fake.root}{WEBHOOK_PATH}"

@@ -336,7 +336,7 @@ def slack_app() -> Iterator[FakeSlackApp]:
     """A running fake Slack app: Web API at ``.base_url``, Socket Mode at ``.socket``."""
     fake = FakeSlackApp()
     try:
-        with serving(_Server(_Handler, fake), poll=0.05) as server:
+        with serving(_Server(_Handler, fake)) as server:
             fake.root = server.root
             fake.base_url = f"{fake.root}/api/"
             fake.webhook_url = f"{fake.root}/webhook/"
