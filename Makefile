@@ -79,6 +79,7 @@ bench: $(STAMP_TEST) postgres-server
 	$(PY) bench/bench_pg_writes.py
 	$(PY) bench/bench_templates.py
 	$(PY) bench/bench_chart.py
+	$(PY) bench/bench_http.py
 	$(PY) bench/bench_suite.py
 
 clean:
