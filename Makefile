@@ -37,9 +37,10 @@ lint: $(STAMP_TEST)
 # Compiled modules are cached (even where the environment says not to write them): every test
 # worker, every CLI and daemon subprocess and each clock run would otherwise compile the
 # package and rewrite the test modules again. `test` fills the cache in one process before
-# the workers start (the package; the test modules, whose asserts pytest rewrites, by
-# collecting them; a collection error shows in the run after it): on a fresh clone the five
-# workers each compiled all of it at once, 10-13 s of CPU and 5-6 s of the run's wall time.
+# the workers start (the package; the test modules, whose asserts pytest rewrites, and the
+# bundled templates, by collecting the tests; a collection error shows in the run after it):
+# on a fresh clone the five workers each compiled all of it at once, 10-13 s of CPU and 5-6 s
+# of the run's wall time.
 unexport PYTHONDONTWRITEBYTECODE
 
 # Test workers: twice the cores and one more, as most tests spend half their time waiting on
