@@ -1,8 +1,9 @@
 # Each target creates .venv itself; a fresh clone needs only python3 (3.11+) and make.
 # The interpreter .venv is made from (`make PYTHON=python3.13 test` chooses another): the
 # first Python 3.11+ with venv support of the distribution's /usr/bin/python3 and python3 on
-# PATH. Debian's and Ubuntu's builds are profile-guided and link-time optimised; a default
-# pyenv or source build is not, and runs the tests ~15% slower (measured on 3.11).
+# PATH. Debian's python3.11 is one statically linked executable; the pyenv build on PATH here
+# is a shared-library build (--enable-shared, no --enable-optimizations), and runs the tests
+# ~15% slower (the suite's CPU, alternated runs).
 PYTHON ?= $(shell for p in /usr/bin/python3 python3; do \
 	$$p -c 'import sys, ensurepip; sys.exit(sys.version_info < (3, 11))' 2>/dev/null \
 	&& { echo $$p; break; }; done)
