@@ -3,7 +3,7 @@
 # first Python 3.11+ with venv support of the distribution's /usr/bin/python3 and python3 on
 # PATH. Debian's python3.11 is one statically linked executable; the pyenv build on PATH here
 # is a shared-library build (--enable-shared, no --enable-optimizations), and runs the tests
-# ~15% slower (the suite's CPU, alternated runs).
+# 8-15% slower (alternated runs of the suite).
 PYTHON ?= $(shell for p in /usr/bin/python3 python3; do \
 	$$p -c 'import sys, ensurepip; sys.exit(sys.version_info < (3, 11))' 2>/dev/null \
 	&& { echo $$p; break; }; done)
