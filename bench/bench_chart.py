@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import statistics
 import time
 from typing import Any
+
+from medians import print_medians
 
 from bot.render import chart
 
@@ -41,11 +42,8 @@ def main() -> int:
                 timings[name].append(time.process_time() - began)
         chart._bars = collection  # type: ignore[assignment]
         assert pngs[0] == pngs[1], "the two ways gave different PNGs"
-    base = statistics.median(timings["baseline: a patch per bar"])
-    print(f"chart of {args.days} days, median CPU of {args.runs} draws (same PNG bytes):")
-    for name, seconds in timings.items():
-        median = statistics.median(seconds)
-        print(f"  {name:26} {median * 1000:6.1f} ms  {median / base:.2f}x")
+    print_medians(f"chart of {args.days} days, median CPU of {args.runs} draws (same PNG bytes):",
+                  timings, 1)
     return 0
 
 

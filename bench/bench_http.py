@@ -9,7 +9,6 @@ alternated, on one kept-alive connection to the local fake.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -17,6 +16,8 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from medians import print_medians  # noqa: E402
 
 from bot.deadline import deadline_transport  # noqa: E402
 from bot.openrouter import OpenRouterClient  # noqa: E402
@@ -52,12 +53,8 @@ def main() -> int:
                 per_request[name].append((time.process_time() - began) / args.requests)
         baseline.close()
         ours.close()
-    base = statistics.median(per_request["baseline: httpx.Client"])
-    print(f"GET /credits, median of {args.rounds} rounds of {args.requests} requests, "
-          "CPU per request (client and fake server):")
-    for name, seconds in per_request.items():
-        median = statistics.median(seconds)
-        print(f"  {name:24} {median * 1e3:6.3f} ms  {median / base:.2f}x")
+    print_medians(f"GET /credits, median of {args.rounds} rounds of {args.requests} requests, "
+                  "CPU per request (client and fake server):", per_request, 3)
     return 0
 
 
